@@ -1,0 +1,3 @@
+from odebench.cli import main
+
+main()

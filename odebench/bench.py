@@ -1,0 +1,242 @@
+"""`odebench run`: reference solutions, student samples from the same noise, metrics, result files."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from odebench.conditions import Conditions
+from odebench.errors import OdebenchError
+from odebench.ode.spec import SolverSpec
+from odebench.progress import Progress
+from odebench.teachers.base import Guidance, Teacher
+
+FLOOR_FACTOR = 10.0  # a student error within this factor of the reference floor is flagged
+
+
+@dataclass
+class RunConfig:
+    teacher: Any = None  # preset name, JSON path or inline dict; None: from the student or "gmm"
+    students: tuple[str, ...] = ()  # empty: the teacher's default rows
+    samples: int = 1024
+    seed: int = 0
+    guidance: Guidance | None = None  # None: the student's (if a checkpoint) or the teacher's default
+    conditional: bool | None = None  # None: the student's (if a checkpoint) or the teacher's default
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    batch_size: int = 256  # student sampling batch (the reference batch lives in SolverSpec)
+    curve_points: int = 12
+    curve_samples: int = 256
+    floor_samples: int = 64
+    ksteps: tuple[int, ...] = (1, 2, 4)
+    out: Path = Path("runs")
+    name: str | None = None
+    allow_mismatch: bool = False
+    cache_dir: Path | None = None
+    use_cache: bool = True
+
+    def validate(self) -> None:
+        for attr in ("samples", "batch_size"):
+            v = getattr(self, attr)
+            if not isinstance(v, int) or v < 1:
+                raise OdebenchError(f"--{attr.replace('_', '-')} must be a positive integer, got {v!r}")
+        for attr in ("curve_points", "curve_samples", "floor_samples"):
+            v = getattr(self, attr)
+            if not isinstance(v, int) or v < 0:
+                raise OdebenchError(f"--{attr.replace('_', '-')} must be a non-negative integer, got {v!r}")
+        if any(k < 1 for k in self.ksteps):
+            raise OdebenchError("k-step counts must be positive integers")
+
+
+@dataclass
+class RunOutcome:
+    name: str
+    path: Path
+    result: dict[str, Any]
+
+
+def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
+    """The run's teacher, conditioning and where they came from (flag, student sidecar, default)."""
+    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec
+    from odebench.teachers import load_teacher
+
+    teacher_spec, guidance, conditional, origin = config.teacher, None, None, "flag"
+    ckpts = [s for s in config.students if is_checkpoint_spec(s)]
+    if ckpts:
+        _, side = checkpoint_sidecar(ckpts[0])
+        if teacher_spec is None:
+            teacher_spec, origin = side["teacher"].get("spec") or side["teacher"].get("name"), f"student {ckpts[0]}"
+        guidance = Guidance.from_dict(side["guidance"])
+        conditional = bool(side.get("conditional", False))
+    if teacher_spec is None:
+        teacher_spec, origin = "gmm", "default"
+    teacher = load_teacher(teacher_spec)
+    if config.guidance is not None:
+        guidance = config.guidance
+    if guidance is not None:
+        teacher = teacher.with_guidance(guidance)
+    if config.conditional is not None:
+        conditional = config.conditional
+    if conditional is None:
+        conditional = teacher.default_conditional
+    if conditional and teacher.num_classes is None:
+        raise OdebenchError(f"teacher {teacher.name!r} has no classes to condition on")
+    if teacher.guidance.needs_uncond and not conditional:
+        raise OdebenchError("classifier-free guidance needs class-conditional sampling (drop --uncond or set --guidance 1)")
+    return teacher, conditional, origin
+
+
+def _run_names(config: RunConfig, students) -> list[str]:
+    from odebench.results import check_name, safe_name
+
+    if config.name is not None:
+        check_name(config.name)
+        names = [config.name] if len(students) == 1 else [f"{config.name}-{safe_name(s.name)}" for s in students]
+    else:
+        names = [safe_name(s.name) for s in students]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise OdebenchError(f"two students would write the same run directory {dupes[0]!r}; list each student once")
+    return names
+
+
+def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, advance, steps=None) -> torch.Tensor:
+    from odebench.ode.trajectories import initial_state
+
+    outs = []
+    for lo in range(0, n, batch_size):
+        idx = range(lo, min(lo + batch_size, n))
+        x_start = initial_state(teacher, noise, idx, dtype)
+        outs.append(student.sample(x_start, conditions.tensor(idx), lambda s, idx=idx: noise.draw(idx, s, dtype), steps))
+        advance(len(idx))
+    return torch.cat(outs)
+
+
+def _curve(student, ref, conditions, m: int) -> dict | None:
+    from odebench.metrics.ode_error import error_curve
+
+    if m == 0 or ref.curve_sigmas.numel() == 0:
+        return None
+    cond = conditions.tensor(range(m))
+    outs = [student(ref.traj[j, :m], float(s), cond) for j, s in enumerate(ref.curve_sigmas)]
+    return error_curve(outs, ref.x0[:m], ref.curve_sigmas)
+
+
+def run(config: RunConfig, progress: Progress | None = None, command: list[str] | None = None) -> list[RunOutcome]:
+    """Score every student of `config` against one shared reference; one run directory each."""
+    from odebench.metrics.ode_error import ode_error_metrics, per_sample_se
+    from odebench.metrics.registry import value
+    from odebench.metrics.stats import mean_stderr
+    from odebench.ode.cache import TrajectoryCache
+    from odebench.ode.grids import karras_sigmas
+    from odebench.ode.noise import NoiseBank
+    from odebench.ode.reference import DTYPE
+    from odebench.ode.trajectories import reference_set
+    from odebench.quality import quality_for
+    from odebench.results import SCHEMA, environment, write_run
+    from odebench.students.load import load_student
+
+    t_start = time.perf_counter()
+    progress = progress or Progress()
+    config.validate()
+    teacher, conditional, teacher_origin = _resolve_teacher(config)
+    specs = config.students or teacher.default_students
+    spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
+    loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch) for s in specs]
+    students = [s for s, _ in loaded]
+    names = _run_names(config, students)
+    n = config.samples
+
+    noise = NoiseBank(config.seed, teacher.shape)
+    conditions = Conditions(teacher.num_classes if conditional else None)
+    cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
+    curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
+        if config.curve_points else torch.empty(0, dtype=torch.float64)
+    dtype = DTYPE[spec.dtype]
+
+    with progress.task("reference ODE", n) as advance:
+        ref = reference_set(teacher, spec, noise, conditions, n, cache, curve_sigmas, progress=advance)
+    m_floor = min(config.floor_samples, n)
+    floor = None
+    if m_floor:
+        with progress.task(f"reference floor ({spec.tighter().rtol:g})", m_floor) as advance:
+            tight = reference_set(teacher, spec.tighter(), noise, conditions, m_floor, cache,
+                                  torch.empty(0, dtype=torch.float64), progress=advance)
+        f_val, f_err = mean_stderr(per_sample_se(ref.x0[:m_floor], tight.x0)) if m_floor > 1 else (float(per_sample_se(ref.x0[:1], tight.x0)[0]), float("nan"))
+        floor = {"ode_mse": f_val, "stderr": None if math.isnan(f_err) else f_err, "n": m_floor,
+                 "tight_solver": tight.spec.to_dict(), "tight_nfe_per_sample": tight.nfe_per_sample,
+                 "definition": "MSE per element between the reference and a 10x tighter re-solve of the first n samples"}
+
+    quality = quality_for(teacher, conditions, config.seed, n)
+    ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
+    outcomes = []
+    for (student, note), name in zip(loaded, names):
+        t0 = time.perf_counter()
+        before = teacher.counter.snapshot()
+        if getattr(student, "is_reference", False):
+            x0, student_nfe = ref.x0, ref.nfe_per_sample
+        else:
+            with progress.task(f"{student.name} samples", n) as advance:
+                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance)
+            student_nfe = student.nfe()
+        t_sample = time.perf_counter() - t0
+        sample_passes = teacher.counter.since(before).passes
+        metrics = ode_error_metrics(x0, ref.x0, ref_identity)
+        kstep = {}
+        if student.variable_steps:
+            for k in config.ksteps:
+                if k != student.steps:
+                    xk = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, lambda k_=1: None, steps=k)
+                    kstep[k] = ode_error_metrics(xk, ref.x0, ref_identity + f"; student sampled with k={k}", suffix=f"[k={k}]")
+                    metrics.update({k_: v for k_, v in kstep[k].items() if k_.startswith("ode_mse")})
+        t1 = time.perf_counter()
+        curve = _curve(student, ref, conditions, min(config.curve_samples, n))
+        if curve is not None:
+            metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
+                                                      None, ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
+        t_curve = time.perf_counter() - t1
+        extras: dict[str, Any] = {}
+        t2 = time.perf_counter()
+        if quality is not None:
+            qm, extras = quality.score(x0)
+            metrics.update(qm)
+        t_quality = time.perf_counter() - t2
+        flags = []
+        mse = metrics["ode_mse@ref"].value
+        if floor is not None and not getattr(student, "is_reference", False) and mse < FLOOR_FACTOR * floor["ode_mse"]:
+            flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {floor['ode_mse']:.3g}; tighten the reference (--rtol/--atol)")
+        if note:
+            flags.append(f"teacher-mismatch: {note}")
+        result = {
+            "schema": SCHEMA,
+            "name": name,
+            "command": command if command is not None else sys.argv,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "teacher": {**teacher.describe(), "origin": teacher_origin},
+            "student": student.describe(),
+            "conditioning": conditions.describe(),
+            "samples": n,
+            "seeds": {**noise.describe(), "exact_samples": "stream_seed(seed, -1, 0)"},
+            "reference": {"solver": spec.to_dict(), "description": spec.describe(), "floor": floor,
+                          "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
+            "nfe": {"student_per_sample": student_nfe, "student_teacher_passes": sample_passes,
+                    "reference": ref.nfe_summary()},
+            "metrics": {k: v.to_dict() for k, v in metrics.items()},
+            "curves": {"ode_mse_vs_sigma": curve} if curve is not None else {},
+            "extras": extras,
+            "flags": flags,
+            "timings": {"sample_s": t_sample, "curve_s": t_curve, "quality_s": t_quality,
+                        "reference_s": ref.seconds, "total_s": time.perf_counter() - t_start},
+            "environment": environment(),
+        }
+        tensors = {"ode_se": torch.from_numpy(per_sample_se(x0, ref.x0)), "samples": x0.float()}
+        labels = conditions.tensor(range(n))
+        if labels is not None:
+            tensors["labels"] = labels
+        path = write_run(Path(config.out), name, result, tensors)
+        outcomes.append(RunOutcome(name, path, result))
+    return outcomes

@@ -1,0 +1,192 @@
+"""The `odebench` command line: parses, calls the API, prints. No numerics live here."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from odebench.errors import OdebenchError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="ODE-error benchmark for consistency-model students of diffusion teachers.")
+cache_app = typer.Typer(add_completion=False, help="Inspect and manage the trajectory cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def guarded(fn):
+    """Bad input ends in one 'error:' line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OdebenchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path. "
+                "Solvers use the Karras grid (rho=7) of K levels sigma_max..sigma_min then a final step to 0; "
+                "ddim/euler cost K teacher evaluations, heun/dpm2 2K-1. Default: the teacher's default rows.")
+
+
+@app.command()
+@guarded
+def run(
+    student: Optional[List[str]] = typer.Option(None, "--student", "-s", help=STUDENT_HELP),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="gmm | gmm64 | path to a teacher JSON. Default: the student checkpoint's teacher, else gmm."),
+    samples: int = typer.Option(1024, help="Number of samples (noise seeds) per student."),
+    seed: int = typer.Option(0, help="Noise-bank seed: sample i's noise comes from (seed, i)."),
+    name: Optional[str] = typer.Option(None, help="Run directory name (with several students: a prefix)."),
+    out: Path = typer.Option(Path("runs"), help="Runs directory."),
+    guidance: Optional[float] = typer.Option(None, help="CFG weight w of the teacher ODE (default: the student's, else the teacher's)."),
+    guidance_form: str = typer.Option("imagen", help="imagen: u + w(c-u);  lcm: c + w(c-u) (= imagen w+1)."),
+    uncond: bool = typer.Option(False, "--uncond", help="Unconditional sampling (the full mixture)."),
+    conditional: bool = typer.Option(False, "--conditional", help="Class-conditional sampling (labels i mod C)."),
+    method: str = typer.Option("dopri5", help="Reference solver (torchdiffeq adaptive): dopri5 | dopri8 | bosh3 | adaptive_heun | fehlberg2."),
+    rtol: float = typer.Option(1e-5, help="Reference relative tolerance."),
+    atol: float = typer.Option(1e-5, help="Reference absolute tolerance."),
+    time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
+    dtype: Optional[str] = typer.Option(None, help="Reference state dtype: float32 | float64 (default: the teacher's)."),
+    ref_batch: int = typer.Option(256, help="Samples per reference solve (they share one step size)."),
+    solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
+    batch_size: int = typer.Option(256, help="Student sampling batch size."),
+    curve_points: int = typer.Option(12, help="Noise levels of the per-sigma error curve (0 to skip)."),
+    curve_samples: int = typer.Option(256, help="Samples used for the error curve."),
+    floor_samples: int = typer.Option(64, help="Samples re-solved at 10x tighter tolerance for the reference floor (0 to skip)."),
+    allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
+):
+    """Score students against the teacher's reference PF-ODE solution; one result directory per student."""
+    from odebench.bench import RunConfig, run as run_api
+    from odebench.ode.spec import SolverSpec, parse_solver_options
+    from odebench.progress import RichProgress
+    from odebench.teachers.base import Guidance
+
+    if uncond and conditional:
+        raise OdebenchError("--uncond and --conditional exclude each other")
+    g = Guidance(guidance, guidance_form) if guidance is not None else None
+    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=dtype, batch=ref_batch,
+                      options=parse_solver_options(solver_option or []))
+    config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
+                       conditional=False if uncond else (True if conditional else None), solver=spec,
+                       batch_size=batch_size, curve_points=curve_points, curve_samples=curve_samples,
+                       floor_samples=floor_samples, out=out, name=name, allow_mismatch=allow_mismatch,
+                       cache_dir=cache_dir, use_cache=not no_cache)
+    console = _console()
+    outcomes = run_api(config, progress=RichProgress(_console(stderr=True)), command=["odebench", *sys.argv[1:]])
+    from odebench.table import print_run_table
+
+    print_run_table(console, outcomes)
+
+
+@app.command("ls")
+@guarded
+def ls(runs_dir: Path = typer.Option(Path("runs"), help="Runs directory to list.")):
+    """List built-in teachers, student kinds and the runs found in RUNS_DIR."""
+    from rich.table import Table
+
+    from odebench.results import read_result
+    from odebench.teachers import PRESETS
+
+    console = _console()
+    t = Table(title="teachers")
+    t.add_column("name")
+    t.add_column("what")
+    for k, v in PRESETS.items():
+        t.add_row(k, v)
+    console.print(t)
+    console.print("students: " + STUDENT_HELP)
+    if runs_dir.is_dir():
+        r = Table(title=f"runs in {runs_dir}")
+        for c in ("run", "teacher", "student", "samples", "ode_mse@ref"):
+            r.add_column(c)
+        for d in sorted(p for p in runs_dir.iterdir() if (p / "result.json").is_file()):
+            try:
+                res = read_result(d)
+            except OdebenchError as e:
+                r.add_row(d.name, f"[red]{e}", "", "", "")
+                continue
+            mse = res["metrics"].get("ode_mse@ref", {}).get("value")
+            r.add_row(d.name, res["teacher"]["teacher"], res["student"]["spec"], str(res["samples"]),
+                      "" if mse is None else f"{mse:.4g}")
+        console.print(r)
+
+
+@cache_app.command("ls")
+@guarded
+def cache_ls(cache_dir: Optional[Path] = typer.Option(None, help="Cache directory.")):
+    """List cache entries: what each holds and its size."""
+    from rich.table import Table
+
+    from odebench.ode.cache import TrajectoryCache
+
+    cache = TrajectoryCache(cache_dir)
+    entries = cache.entries()
+    t = Table(title=f"trajectory cache {cache.root}")
+    for c in ("key", "teacher", "indices", "solver", "size"):
+        t.add_column(c)
+    total = 0
+    for e in entries:
+        total += e.size
+        p = e.payload or {}
+        solver = p.get("spec", {})
+        t.add_row(e.key[:12], str(p.get("ode", {}).get("teacher", "?")) if e.ok else f"[red]unreadable: {e.problem}",
+                  f"{p.get('start', '?')}..{p.get('stop', '?')}",
+                  f"{solver.get('method', '?')} rtol={solver.get('rtol', '?')}", f"{e.size / 1024:.1f} KiB")
+    _console().print(t)
+    print(f"{len(entries)} entries, {total / 1024 ** 2:.2f} MiB")
+
+
+@cache_app.command("verify")
+@guarded
+def cache_verify(cache_dir: Optional[Path] = typer.Option(None, help="Cache directory."),
+                 fix: bool = typer.Option(False, help="Delete corrupt entries (they are recomputed when needed).")):
+    """Check every entry's checksum; exit 1 if any is corrupt (and not fixed)."""
+    from odebench.ode.cache import TrajectoryCache
+
+    entries = TrajectoryCache(cache_dir).entries(verify=True)
+    bad = [e for e in entries if not e.ok]
+    for e in bad:
+        print(f"corrupt: {e.path} ({e.problem})")
+        if fix:
+            e.path.unlink(missing_ok=True)
+    print(f"{len(entries) - len(bad)} ok, {len(bad)} corrupt{' (deleted)' if fix and bad else ''}")
+    if bad and not fix:
+        raise typer.Exit(1)
+
+
+@cache_app.command("clear")
+@guarded
+def cache_clear(cache_dir: Optional[Path] = typer.Option(None, help="Cache directory."),
+                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")):
+    """Delete all cached trajectories."""
+    from odebench.ode.cache import TrajectoryCache
+
+    cache = TrajectoryCache(cache_dir)
+    if not yes and not typer.confirm(f"delete all entries in {cache.dir}?"):
+        raise typer.Exit(1)
+    print(f"removed {cache.clear()} entries from {cache.dir}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metrics: ODE error and distribution/quality metrics. Metrics know nothing of teachers."""

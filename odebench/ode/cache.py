@@ -1,0 +1,159 @@
+"""Content-addressed trajectory cache.
+
+An entry's key is the sha256 of the canonical JSON of everything its numbers depend on (teacher
+ODE identity, conditions, seed and indices, shape, SolverSpec, format version). Entries are
+safetensors files written atomically (temp file + fsync + rename) and carry a checksum of their
+tensors; an entry that fails to parse or to verify is deleted and recomputed, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+def canonical_json(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({"format": FORMAT_VERSION, **payload}).encode()).hexdigest()
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("ODEBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "odebench"
+
+
+@dataclass
+class EntryInfo:
+    key: str
+    path: Path
+    size: int
+    mtime: float
+    payload: dict[str, Any] | None
+    ok: bool
+    problem: str = ""
+
+
+class TrajectoryCache:
+    def __init__(self, root: Path | str | None = None, enabled: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "trajectories"
+
+    def path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def _read(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Parse and verify one entry; raises ValueError on any problem."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises several types on truncated/garbled files
+            raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        if meta.get("key") != path.stem:
+            raise ValueError("key does not match file name")
+        if meta.get("checksum") != tensors_checksum(tensors):
+            raise ValueError("checksum mismatch")
+        return tensors, meta
+
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        if not self.enabled:
+            return None
+        path = self.path(key)
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            tensors, meta = self._read(path)
+        except ValueError:
+            self.corrupt += 1
+            self.misses += 1
+            path.unlink(missing_ok=True)
+            return None
+        self.hits += 1
+        return tensors, json.loads(meta.get("info", "{}"))
+
+    def store(self, key: str, payload: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"key": key, "payload": canonical_json(payload), "info": json.dumps(info),
+                "checksum": tensors_checksum(tensors), "created": str(time.time())}
+        blob = save(tensors, metadata=meta)
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def entries(self, verify: bool = False) -> list[EntryInfo]:
+        out = []
+        if not self.dir.exists():
+            return out
+        for path in sorted(self.dir.glob("*/*.safetensors")):
+            st = path.stat()
+            payload, ok, problem = None, True, ""
+            try:
+                if verify:
+                    _, meta = self._read(path)
+                else:
+                    from safetensors import safe_open
+
+                    with safe_open(str(path), framework="pt") as f:
+                        meta = f.metadata() or {}
+                payload = json.loads(meta.get("payload", "null"))
+            except Exception as e:
+                ok, problem = False, str(e)
+            out.append(EntryInfo(path.stem, path, st.st_size, st.st_mtime, payload, ok, problem))
+        return out
+
+    def clear(self) -> int:
+        n = 0
+        if self.dir.exists():
+            for path in self.dir.glob("*/*"):
+                path.unlink(missing_ok=True)
+                n += path.suffix == ".safetensors"
+        return n

@@ -1,0 +1,107 @@
+"""SolverSpec: the frozen, validated description of a reference solve (part of every cache key)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from odebench.errors import OdebenchError
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+TIME_VARIABLES = ("log-sigma", "sigma")
+DTYPES = ("float32", "float64")
+# torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
+SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")
+
+# Chosen by measurement (benchmarks/reference_solver.py, table in README): dopri5 in log-sigma time
+# at rtol = atol = 1e-5 reaches < 1e-4 relative endpoint error with fewer NFEs than DDIM-100.
+DEFAULT_METHOD = "dopri5"
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-5
+DEFAULT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """How the reference PF-ODE is integrated.
+
+    `batch` is part of the spec because torchdiffeq shares one step size across a batch: the
+    samples solved together determine the step sequence, so it changes the numbers (within
+    tolerance) and must be in the cache key.
+    `dtype` None means the teacher's default (float64 for analytic teachers, float32 otherwise).
+    """
+
+    method: str = DEFAULT_METHOD
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    time: str = "log-sigma"
+    dtype: str | None = None
+    batch: int = DEFAULT_BATCH
+    options: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPTIVE_METHODS:
+            raise OdebenchError(f"unknown reference method {self.method!r}: expected one of {', '.join(ADAPTIVE_METHODS)}")
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise OdebenchError(f"{name} must be a positive number, got {v!r}")
+        if self.time not in TIME_VARIABLES:
+            raise OdebenchError(f"unknown time variable {self.time!r}: expected one of {', '.join(TIME_VARIABLES)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise OdebenchError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if not (isinstance(self.batch, int) and self.batch > 0):
+            raise OdebenchError(f"reference batch must be a positive integer, got {self.batch!r}")
+        opts = tuple(sorted((str(k), float(v)) for k, v in dict(self.options).items()))
+        for k, _ in opts:
+            if k not in SOLVER_OPTIONS:
+                raise OdebenchError(f"unknown solver option {k!r}: allowed options are {', '.join(SOLVER_OPTIONS)}")
+        object.__setattr__(self, "options", opts)
+
+    def resolved(self, default_dtype: str) -> "SolverSpec":
+        """This spec with the dtype filled in from the teacher's default."""
+        return self if self.dtype is not None else replace(self, dtype=default_dtype)
+
+    def tighter(self, factor: float = 10.0) -> "SolverSpec":
+        """The same solve at `factor` times tighter tolerances (the reference floor estimate)."""
+        return replace(self, rtol=self.rtol / factor, atol=self.atol / factor)
+
+    def torchdiffeq_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = dict(self.options)
+        if "max_num_steps" in opts:
+            opts["max_num_steps"] = int(opts["max_num_steps"])
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SolverSpec":
+        d = dict(d)
+        d["options"] = tuple(dict(d.get("options", {})).items())
+        unknown = set(d) - {"method", "rtol", "atol", "time", "dtype", "batch", "options"}
+        if unknown:
+            raise OdebenchError(f"unknown SolverSpec field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def describe(self) -> str:
+        opts = "".join(f", {k}={v:g}" for k, v in self.options)
+        return f"{self.method} rtol={self.rtol:g} atol={self.atol:g} in {self.time} time, {self.dtype}, batch {self.batch}{opts}"
+
+
+def parse_solver_options(items: list[str]) -> tuple[tuple[str, float], ...]:
+    """Parse CLI `key=value` options; unknown keys and non-numbers are one-line errors."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise OdebenchError(f"solver option {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        if k not in SOLVER_OPTIONS:
+            raise OdebenchError(f"unknown solver option {k!r}: allowed options are {', '.join(SOLVER_OPTIONS)}")
+        try:
+            out.append((k, float(v)))
+        except ValueError:
+            raise OdebenchError(f"solver option {k} needs a number, got {v!r}") from None
+    return tuple(out)

@@ -1,0 +1,95 @@
+"""Reference solutions for a whole run: fixed chunks of sample indices, each cached on its own.
+
+Chunk c covers indices [c*batch, (c+1)*batch): the batch that shares a step size is fixed by the
+SolverSpec, not by how a run is invoked, so an interrupted run resumes from its finished chunks
+and a warm rerun costs zero teacher evaluations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from odebench.conditions import Conditions
+from odebench.ode.cache import TrajectoryCache, cache_key
+from odebench.ode.noise import NoiseBank
+from odebench.ode.reference import DTYPE, solve_reference
+from odebench.ode.spec import SolverSpec
+from odebench.teachers.base import Teacher
+
+
+@dataclass
+class ReferenceSet:
+    x0: torch.Tensor  # (n, *shape)
+    traj: torch.Tensor  # (P, n, *shape)
+    curve_sigmas: torch.Tensor
+    spec: SolverSpec
+    nfe_per_sample: float  # denoiser calls each sample went through (cached or not)
+    accepted: int
+    rejected: int
+    teacher_passes: int = 0  # model passes spent in this call (0 on a warm cache)
+    teacher_nfe: int = 0  # denoiser calls spent in this call
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_corrupt: int = 0
+    seconds: float = 0.0
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+
+    def nfe_summary(self) -> dict:
+        return {"per_sample": self.nfe_per_sample, "accepted_steps": self.accepted, "rejected_steps": self.rejected,
+                "teacher_evals_this_run": self.teacher_nfe, "teacher_passes_this_run": self.teacher_passes,
+                "cache_hits": self.cache_hits, "cache_misses": self.cache_misses, "cache_corrupt": self.cache_corrupt}
+
+
+def initial_state(teacher: Teacher, noise: NoiseBank, indices, dtype: torch.dtype) -> torch.Tensor:
+    """x(sigma_max) = init_noise_scale * z_i for each sample index."""
+    return noise.draw(indices, stream=0, dtype=dtype) * teacher.init_noise_scale()
+
+
+def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditions: Conditions, n: int,
+                  cache: TrajectoryCache, curve_sigmas: torch.Tensor, start: int = 0,
+                  progress: Callable[[int], None] | None = None) -> ReferenceSet:
+    """Reference endpoints and curve states for indices [start, start + n), chunk by chunk."""
+    spec = spec.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
+    dtype = DTYPE[spec.dtype]
+    t0 = time.perf_counter()
+    hits0, miss0, corrupt0 = cache.hits, cache.misses, cache.corrupt
+    before = teacher.counter.snapshot()
+    x0s, trajs, chunks = [], [], []
+    nfe_weighted, accepted, rejected = 0.0, 0, 0
+    stop_all = start + n
+    first_chunk = start // spec.batch
+    for c in range(first_chunk, (stop_all + spec.batch - 1) // spec.batch):
+        lo, hi = max(c * spec.batch, start), min((c + 1) * spec.batch, stop_all)
+        indices = range(lo, hi)
+        payload = {"kind": "reference", "ode": teacher.ode_identity(), "cond": conditions.key(indices),
+                   "seed": noise.seed, "start": lo, "stop": hi, "shape": list(noise.shape),
+                   "spec": spec.to_dict(), "curve_sigmas": curve_sigmas.tolist()}
+        key = cache_key(payload)
+        hit = cache.load(key)
+        if hit is not None:
+            tensors, info = hit
+            x0, traj = tensors["x0"], tensors["traj"]
+        else:
+            x_start = initial_state(teacher, noise, indices, dtype)
+            sol = solve_reference(teacher, x_start, conditions.tensor(indices), spec, curve_sigmas)
+            x0, traj = sol.x0, sol.traj
+            info = {"nfe": sol.nfe, "accepted": sol.accepted, "rejected": sol.rejected}
+            cache.store(key, payload, {"x0": x0, "traj": traj}, info)
+        x0s.append(x0)
+        trajs.append(traj)
+        chunks.append((lo, hi))
+        nfe_weighted += info["nfe"] * (hi - lo)
+        accepted += info["accepted"]
+        rejected += info["rejected"]
+        if progress is not None:
+            progress(hi - lo)
+    spent = teacher.counter.since(before)
+    return ReferenceSet(
+        x0=torch.cat(x0s), traj=torch.cat(trajs, dim=1), curve_sigmas=curve_sigmas, spec=spec,
+        nfe_per_sample=nfe_weighted / max(n, 1), accepted=accepted, rejected=rejected,
+        teacher_passes=spent.passes, teacher_nfe=spent.calls, cache_hits=cache.hits - hits0,
+        cache_misses=cache.misses - miss0, cache_corrupt=cache.corrupt - corrupt0,
+        seconds=time.perf_counter() - t0, chunks=chunks)

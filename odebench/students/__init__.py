@@ -1,0 +1,1 @@
+"""Students: few-step generators scored against the teacher's reference ODE solution."""

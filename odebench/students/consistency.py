@@ -1,0 +1,57 @@
+"""Trained consistency students: a network in the EDM-CM parameterisation and the CM multistep sampler."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from odebench.ode.grids import karras_sigmas
+from odebench.students.base import NoiseFn, Student
+
+
+class ConsistencyStudent(Student):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): x0 = f(x, sigma_0); then for each
+    later level x = x0 + sqrt(sigma_i^2 - sigma_min^2) z_i and x0 = f(x, sigma_i); z_i from the
+    sample's own noise stream i."""
+
+    variable_steps = True
+
+    def __init__(self, model: torch.nn.Module, sidecar: dict[str, Any], spec: str, name: str) -> None:
+        self.model = model.eval()
+        self.sidecar = sidecar
+        self.spec = spec
+        self.name = name
+        sampler = sidecar["sampler"]
+        self.steps = int(sampler.get("steps", 1))
+        self.rho = float(sampler.get("rho", 7.0))
+        teacher_spec = sidecar["teacher"].get("spec") or {}
+        self.sigma_min = float(sidecar["parameterisation"]["sigma_min"])
+        self.sigma_max = float(sampler.get("sigma_max", teacher_spec.get("sigma_max", 80.0)))
+        self.dtype = next(model.parameters()).dtype
+        self.trained_for = {"teacher": sidecar["teacher"].get("name"), "fingerprint": sidecar["teacher"].get("fingerprint"),
+                            "guidance": sidecar["guidance"], "conditional": bool(sidecar.get("conditional", False))}
+
+    def nfe(self, steps=None) -> int:
+        return self.steps if steps is None else steps
+
+    @torch.no_grad()
+    def __call__(self, x, sigma, cond):
+        sigma = torch.as_tensor(sigma, dtype=self.dtype).reshape(-1).expand(x.shape[0])
+        return self.model(x.to(self.dtype), sigma, cond).to(x.dtype)
+
+    @torch.no_grad()
+    def sample(self, x_start, cond, noise: NoiseFn, steps=None):
+        k = self.steps if steps is None else steps
+        sigmas = karras_sigmas(k, self.sigma_min, self.sigma_max, self.rho)
+        x0 = self(x_start, float(sigmas[0]), cond)
+        for i in range(1, k):
+            sig = float(sigmas[i])
+            x = x0 + math.sqrt(max(sig ** 2 - self.sigma_min ** 2, 0.0)) * noise(i).to(x0)
+            x0 = self(x, sig, cond)
+        return x0
+
+    def describe(self):
+        return {**super().describe(), "architecture": self.sidecar["architecture"],
+                "parameterisation": self.sidecar["parameterisation"], "sampler": self.sidecar["sampler"],
+                "weights_sha256": self.sidecar.get("weights_sha256"), "step": self.sidecar.get("step")}

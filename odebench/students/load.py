@@ -1,0 +1,91 @@
+"""Student specs: `ref`, `ddim:K`, `euler:K`, `heun:K`, `dpm2:K`, or a student checkpoint path."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from odebench.errors import OdebenchError
+from odebench.ode.spec import SolverSpec
+from odebench.students.base import Student
+from odebench.students.solvers import SOLVER_KINDS
+from odebench.teachers.base import Guidance, Teacher
+
+SOLVER_RE = re.compile(r"^([a-z0-9]+):(.*)$")
+SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, or a student checkpoint (.json sidecar, weights file or directory)"
+
+
+def is_checkpoint_spec(spec: str) -> bool:
+    return spec != "ref" and not (SOLVER_RE.match(spec) and SOLVER_RE.match(spec).group(1) in SOLVER_KINDS)
+
+
+def checkpoint_sidecar(spec: str) -> tuple[Path, dict[str, Any]]:
+    from odebench.students.checkpoint import read_sidecar, resolve_sidecar
+
+    path = Path(spec)
+    if not path.exists() and not any(spec.endswith(s) for s in (".json", ".safetensors", ".pt", ".pth", ".bin")) and "/" not in spec:
+        raise OdebenchError(f"unknown student {spec!r}: expected {SPEC_HELP}")
+    side_path = resolve_sidecar(path)
+    return side_path, read_sidecar(side_path)
+
+
+def build_model(side: dict[str, Any], source: Path) -> torch.nn.Module:
+    from odebench.students.mlp import MLPConsistency
+
+    arch = dict(side["architecture"])
+    param = side["parameterisation"]
+    kind = arch.pop("kind", None)
+    if kind != "mlp" or param.get("kind") != "edm-cm":
+        raise OdebenchError(f"{source}: unsupported student architecture {kind!r} / parameterisation {param.get('kind')!r} (this odebench knows mlp / edm-cm)")
+    try:
+        return MLPConsistency(sigma_data=float(param["sigma_data"]), sigma_min=float(param["sigma_min"]), **arch)
+    except (TypeError, KeyError, ValueError) as e:
+        raise OdebenchError(f"{source}: malformed architecture or parameterisation ({e})") from None
+
+
+def check_compatible(side: dict[str, Any], teacher: Teacher, conditional: bool, source: Path) -> str | None:
+    """Why the run's teacher ODE is not the one this student was distilled from (None if it is)."""
+    t = side["teacher"]
+    if t.get("fingerprint") != teacher.fingerprint():
+        return (f"{source.name} was trained for teacher {t.get('name')!r} ({t.get('fingerprint')}), "
+                f"but this run's teacher is {teacher.name!r} ({teacher.fingerprint()})")
+    g = Guidance.from_dict(side["guidance"])
+    if not g.same_ode(teacher.guidance):
+        return (f"{source.name} was trained for guidance {g.describe()}, but this run uses {teacher.guidance.describe()}")
+    if bool(side.get("conditional", False)) != conditional:
+        want = "class-conditional" if side.get("conditional") else "unconditional"
+        return f"{source.name} was trained {want}, but this run is {'class-conditional' if conditional else 'unconditional'}"
+    return None
+
+
+def load_student(spec: str, teacher: Teacher, reference: SolverSpec | None = None, conditional: bool = False,
+                 allow_mismatch: bool = False) -> tuple[Student, str | None]:
+    """Build a student for `teacher`; returns it with a mismatch note (set only when allowed)."""
+    from odebench.students.consistency import ConsistencyStudent
+    from odebench.students.reference import ReferenceStudent
+    from odebench.students.solvers import SolverStudent
+    from odebench.students.checkpoint import load_weights
+
+    spec = spec.strip()
+    if spec == "ref":
+        return ReferenceStudent(teacher, (reference or SolverSpec()).resolved(
+            "float64" if teacher.default_dtype == torch.float64 else "float32")), None
+    m = SOLVER_RE.match(spec)
+    if m and m.group(1) in SOLVER_KINDS:
+        if not m.group(2).isdigit() or int(m.group(2)) < 1:
+            raise OdebenchError(f"student {spec!r}: the step count K must be a positive integer (e.g. {m.group(1)}:4)")
+        return SolverStudent(teacher, m.group(1), int(m.group(2))), None
+    side_path, side = checkpoint_sidecar(spec)
+    note = check_compatible(side, teacher, conditional, side_path)
+    if note and not allow_mismatch:
+        raise OdebenchError(note + "; pass --allow-mismatch to score it against this teacher anyway")
+    model = build_model(side, side_path)
+    state = load_weights(side_path.parent / side["weights"], side.get("weights_sha256"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise OdebenchError(f"{side_path}: weights do not fit the architecture in the sidecar ({str(e).splitlines()[0]})") from None
+    name = side_path.stem if side_path.stem != "student" else side_path.parent.name
+    return ConsistencyStudent(model, side, spec, name), note

@@ -1,0 +1,49 @@
+"""The rich results table printed by `odebench run`."""
+from __future__ import annotations
+
+import math
+
+COLUMNS = ("ode_mse@ref", "ode_rel@ref", "ode_mse@ref_curve_mean", "loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision")
+
+
+def fmt(v, e=None) -> str:
+    if v is None:
+        return "-"
+    s = f"{v:.3g}" if (v == 0 or 1e-3 <= abs(v) < 1e4) else f"{v:.2e}"
+    if e is not None and math.isfinite(e):
+        s += f" ± {e:.1g}"
+    return s
+
+
+def print_run_table(console, outcomes) -> None:
+    from rich.table import Table
+
+    if not outcomes:
+        return
+    first = outcomes[0].result
+    cols = [c for c in COLUMNS if any(c in o.result["metrics"] for o in outcomes)]
+    arrows = {c: "↑" if first["metrics"].get(c, {}).get("higher_is_better") else "↓" for c in cols}
+    t = Table(title=f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "
+                    f"guidance {first['teacher']['guidance']['imagen_w']:g} (imagen)")
+    t.add_column("student")
+    t.add_column("NFE", justify="right")
+    for c in cols:
+        t.add_column(f"{c} {arrows[c]}", justify="right")
+    t.add_column("flags")
+    for o in outcomes:
+        r = o.result
+        m = r["metrics"]
+        nfe = r["nfe"]["student_per_sample"]
+        t.add_row(o.name, fmt(nfe), *[fmt(m[c]["value"], m[c]["stderr"]) if c in m else "-" for c in cols],
+                  ", ".join(f.split(":", 1)[0] for f in r["flags"]))
+    console.print(t)
+    ref = first["reference"]
+    nfe = first["nfe"]["reference"]
+    floor = ref["floor"]
+    console.print(f"reference: {ref['description']}; {nfe['per_sample']:.1f} NFE/sample "
+                  f"({nfe['accepted_steps']} accepted, {nfe['rejected_steps']} rejected steps); "
+                  f"teacher evaluations this run: {nfe['teacher_evals_this_run']} "
+                  f"(cache {nfe['cache_hits']} hit / {nfe['cache_misses']} miss)")
+    if floor:
+        console.print(f"reference floor (ode_mse vs 10x tighter solve, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}")
+    console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")

@@ -1,0 +1,49 @@
+"""Teachers: built-in presets by name, JSON-defined teachers, and the loader that picks one."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from odebench.errors import OdebenchError
+from odebench.teachers.base import Guidance, Teacher
+
+PRESETS = {
+    "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
+    "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
+}
+
+
+def _preset_spec(name: str) -> dict[str, Any]:
+    text = resources.files("odebench.assets").joinpath("teachers", f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | None = None) -> Teacher:
+    """A teacher from a preset name, a JSON file path, or an inline definition (as in sidecars)."""
+    from odebench.teachers.gmm import gmm_from_spec
+
+    if spec is None:
+        spec = "gmm"
+    if isinstance(spec, dict):
+        teacher = gmm_from_spec(spec, "teacher definition")
+    elif str(spec) in PRESETS:
+        teacher = gmm_from_spec(_preset_spec(str(spec)), f"preset {spec}")
+    else:
+        path = Path(spec)
+        if path.suffix.lower() != ".json" and not path.exists():
+            raise OdebenchError(f"unknown teacher {str(spec)!r}: expected one of {', '.join(PRESETS)} or a teacher JSON file")
+        if not path.is_file():
+            raise OdebenchError(f"teacher file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OdebenchError(f"{path}: not valid JSON ({e})") from None
+        teacher = gmm_from_spec(data, str(path))
+    if guidance is not None:
+        teacher = teacher.with_guidance(guidance)
+    return teacher
+
+
+__all__ = ["Guidance", "Teacher", "load_teacher", "PRESETS"]
