@@ -119,7 +119,8 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
 def _curve(student, ref, conditions, m: int) -> dict | None:
     from odebench.metrics.ode_error import error_curve
 
-    if m == 0 or ref.curve_sigmas.numel() == 0:
+    m = min(m, ref.traj.shape[1]) if ref.curve_sigmas.numel() else 0
+    if m == 0:
         return None
     cond = conditions.tensor(range(m))
     outs = [student(ref.traj[j, :m], float(s), cond) for j, s in enumerate(ref.curve_sigmas)]

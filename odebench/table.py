@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import math
 
-COLUMNS = ("ode_mse@ref", "ode_rel@ref", "ode_mse@ref_curve_mean", "loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision")
+COLUMNS = {  # metric -> short header; the full names are in result.json and the README
+    "ode_mse@ref": "ODE mse", "ode_rel@ref": "ODE rel", "ode_mse@ref_curve_mean": "curve mse",
+    "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID", "mode_coverage": "cover", "mode_precision": "prec",
+}
 
 
 def fmt(v, e=None) -> str:
@@ -28,7 +31,7 @@ def print_run_table(console, outcomes) -> None:
     t.add_column("student")
     t.add_column("NFE", justify="right")
     for c in cols:
-        t.add_column(f"{c} {arrows[c]}", justify="right")
+        t.add_column(f"{COLUMNS[c]} {arrows[c]}", justify="right")
     t.add_column("flags")
     for o in outcomes:
         r = o.result

@@ -50,5 +50,5 @@ register("ode_mse@ref_curve_mean", False, "mean over sigma of the per-sigma cons
 register("loglik", True, "mean log-density of samples under the true data mixture")
 register("fd_exact", False, "Frechet distance between samples and exact data samples")
 register("kid_exact", False, "kernel inception-style distance (cubic polynomial kernel MMD^2) to exact data samples")
-register("mode_coverage", True, "fraction of mixture modes holding at least a quarter of their expected share of samples")
+register("mode_coverage", True, "fraction of mixture modes holding at least a quarter of their expected share of samples inside the mode")
 register("mode_precision", True, "fraction of samples inside the 99% ellipsoid of their most likely mode")

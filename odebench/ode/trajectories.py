@@ -2,7 +2,8 @@
 
 Chunk c covers indices [c*batch, (c+1)*batch): the batch that shares a step size is fixed by the
 SolverSpec, not by how a run is invoked, so an interrupted run resumes from its finished chunks
-and a warm rerun costs zero teacher evaluations.
+and a warm rerun costs zero teacher evaluations. Only the first chunk also records states at the
+error-curve noise levels (forcing steps onto them costs NFEs), so curves use at most `batch` samples.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from odebench.teachers.base import Teacher
 @dataclass
 class ReferenceSet:
     x0: torch.Tensor  # (n, *shape)
-    traj: torch.Tensor  # (P, n, *shape)
+    traj: torch.Tensor  # (P, m, *shape): curve states of the first chunk's m samples
     curve_sigmas: torch.Tensor
     spec: SolverSpec
     nfe_per_sample: float  # denoiser calls each sample went through (cached or not)
@@ -57,16 +58,18 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
     t0 = time.perf_counter()
     hits0, miss0, corrupt0 = cache.hits, cache.misses, cache.corrupt
     before = teacher.counter.snapshot()
-    x0s, trajs, chunks = [], [], []
+    x0s, chunks = [], []
+    curve_traj = torch.empty(0)
     nfe_weighted, accepted, rejected = 0.0, 0, 0
     stop_all = start + n
     first_chunk = start // spec.batch
     for c in range(first_chunk, (stop_all + spec.batch - 1) // spec.batch):
         lo, hi = max(c * spec.batch, start), min((c + 1) * spec.batch, stop_all)
         indices = range(lo, hi)
+        chunk_curve = curve_sigmas if c == 0 else curve_sigmas[:0]
         payload = {"kind": "reference", "ode": teacher.ode_identity(), "cond": conditions.key(indices),
                    "seed": noise.seed, "start": lo, "stop": hi, "shape": list(noise.shape),
-                   "spec": spec.to_dict(), "curve_sigmas": curve_sigmas.tolist()}
+                   "spec": spec.to_dict(), "curve_sigmas": chunk_curve.tolist()}
         key = cache_key(payload)
         hit = cache.load(key)
         if hit is not None:
@@ -74,12 +77,13 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
             x0, traj = tensors["x0"], tensors["traj"]
         else:
             x_start = initial_state(teacher, noise, indices, dtype)
-            sol = solve_reference(teacher, x_start, conditions.tensor(indices), spec, curve_sigmas)
+            sol = solve_reference(teacher, x_start, conditions.tensor(indices), spec, chunk_curve)
             x0, traj = sol.x0, sol.traj
             info = {"nfe": sol.nfe, "accepted": sol.accepted, "rejected": sol.rejected}
             cache.store(key, payload, {"x0": x0, "traj": traj}, info)
         x0s.append(x0)
-        trajs.append(traj)
+        if c == 0:
+            curve_traj = traj
         chunks.append((lo, hi))
         nfe_weighted += info["nfe"] * (hi - lo)
         accepted += info["accepted"]
@@ -88,7 +92,7 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
             progress(hi - lo)
     spent = teacher.counter.since(before)
     return ReferenceSet(
-        x0=torch.cat(x0s), traj=torch.cat(trajs, dim=1), curve_sigmas=curve_sigmas, spec=spec,
+        x0=torch.cat(x0s), traj=curve_traj, curve_sigmas=curve_sigmas, spec=spec,
         nfe_per_sample=nfe_weighted / max(n, 1), accepted=accepted, rejected=rejected,
         teacher_passes=spent.passes, teacher_nfe=spent.calls, cache_hits=cache.hits - hits0,
         cache_misses=cache.misses - miss0, cache_corrupt=cache.corrupt - corrupt0,

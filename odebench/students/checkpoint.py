@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,9 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> dict[str, to
         except Exception as e:
             raise OdebenchError(f"{path}: unreadable safetensors file ({e})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some pickle protocols; our error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OdebenchError(f"refusing to load {path}: not a plain tensor checkpoint ({first})") from None

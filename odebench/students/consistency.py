@@ -13,7 +13,7 @@ from odebench.students.base import NoiseFn, Student
 class ConsistencyStudent(Student):
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): x0 = f(x, sigma_0); then for each
     later level x = x0 + sqrt(sigma_i^2 - sigma_min^2) z_i and x0 = f(x, sigma_i); z_i from the
-    sample's own noise stream i."""
+    sample's own noise stream i. Levels: the first k of a (k+1)-level Karras grid (rho = 7)."""
 
     variable_steps = True
 
@@ -43,7 +43,9 @@ class ConsistencyStudent(Student):
     @torch.no_grad()
     def sample(self, x_start, cond, noise: NoiseFn, steps=None):
         k = self.steps if steps is None else steps
-        sigmas = karras_sigmas(k, self.sigma_min, self.sigma_max, self.rho)
+        # k levels from sigma_max, all strictly above sigma_min: the Karras grid of k+1 levels without
+        # its last one (at sigma_min, f is the identity and a step there would do nothing)
+        sigmas = karras_sigmas(k + 1, self.sigma_min, self.sigma_max, self.rho)[:-1]
         x0 = self(x_start, float(sigmas[0]), cond)
         for i in range(1, k):
             sig = float(sigmas[i])
@@ -55,3 +57,22 @@ class ConsistencyStudent(Student):
         return {**super().describe(), "architecture": self.sidecar["architecture"],
                 "parameterisation": self.sidecar["parameterisation"], "sampler": self.sidecar["sampler"],
                 "weights_sha256": self.sidecar.get("weights_sha256"), "step": self.sidecar.get("step")}
+
+
+def export_mlp_student(stem, model, teacher, conditional: bool, steps: int = 1,
+                       training: dict[str, Any] | None = None, step: int = 0):
+    """Write an MLP consistency network in the odebench student format for `teacher`'s current ODE."""
+    from odebench.students.checkpoint import save_student
+
+    sidecar = {
+        "architecture": model.config(),
+        "parameterisation": {"kind": "edm-cm", "sigma_data": model.sigma_data, "sigma_min": model.sigma_min},
+        "sampler": {"steps": int(steps), "grid": "karras", "rho": 7.0, "sigma_max": teacher.sigma_max},
+        "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint(), "spec": teacher.spec()},
+        "guidance": teacher.guidance.to_dict(),
+        "conditional": bool(conditional),
+        "training": training or {},
+        "step": int(step),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+    return save_student(stem, model.state_dict(), sidecar)

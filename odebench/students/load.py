@@ -82,6 +82,10 @@ def load_student(spec: str, teacher: Teacher, reference: SolverSpec | None = Non
     if note and not allow_mismatch:
         raise OdebenchError(note + "; pass --allow-mismatch to score it against this teacher anyway")
     model = build_model(side, side_path)
+    if (model.dim,) != tuple(teacher.shape):
+        raise OdebenchError(f"{side_path.name} works on data of shape ({model.dim},), but teacher {teacher.name!r} has shape {tuple(teacher.shape)}")
+    if conditional and model.num_classes != teacher.num_classes:
+        raise OdebenchError(f"{side_path.name} knows {model.num_classes} classes, but teacher {teacher.name!r} has {teacher.num_classes}")
     state = load_weights(side_path.parent / side["weights"], side.get("weights_sha256"))
     try:
         model.load_state_dict(state)

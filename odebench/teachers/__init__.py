@@ -40,6 +40,8 @@ def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | Non
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise OdebenchError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(data, dict) and "name" not in data:
+            data = {**data, "name": path.stem}  # a file's teacher is not the "gmm" preset
         teacher = gmm_from_spec(data, str(path))
     if guidance is not None:
         teacher = teacher.with_guidance(guidance)

@@ -100,7 +100,7 @@ class Teacher(ABC):
     default_dtype: torch.dtype = torch.float32
     default_conditional: bool = False
     default_guidance: Guidance = Guidance()
-    default_students: tuple[str, ...] = ("ddim:1", "ddim:2", "ddim:4", "heun:4", "ref")
+    default_students: tuple[str, ...] = ("ddim:1", "ddim:2", "ddim:4", "ddim:16", "heun:8", "ref")
 
     def __init__(self) -> None:
         self.guidance = self.default_guidance
@@ -158,12 +158,13 @@ class Teacher(ABC):
         return {
             "teacher": self.name,
             "fingerprint": self.fingerprint(),
-            "guidance": self.guidance.to_dict(),
+            # canonical: lcm w and imagen w+1 are the same ODE and share cache entries
+            "guidance": {"imagen_w": self.guidance.imagen_w, "uncond": self.guidance.uncond},
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
             "init_noise_scale": self.init_noise_scale(),
         }
 
     def describe(self) -> dict[str, Any]:
-        return {**self.ode_identity(), "spec": self.spec(), "shape": list(self.shape),
+        return {**self.ode_identity(), "guidance": self.guidance.to_dict(), "spec": self.spec(), "shape": list(self.shape),
                 "num_classes": self.num_classes, "sigma_data": self.sigma_data}

@@ -117,12 +117,14 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
         raise OdebenchError(f"{source}: 'means' must be a list of K equal-length lists of numbers")
     k, d = means_t.shape
     stds = _number_list(spec["stds"], "stds", source)
+    # each component's std is a number (isotropic) or a list of d numbers (diagonal)
+    rows = [[s] * d if isinstance(s, (int, float)) and not isinstance(s, bool) else s for s in stds]
     try:
-        stds_t = torch.tensor(stds, dtype=torch.float64)
+        stds_t = torch.tensor(rows, dtype=torch.float64)
     except (TypeError, ValueError):
-        raise OdebenchError(f"{source}: 'stds' must be K numbers or K lists of {d} numbers") from None
-    if not (stds_t.shape == (k,) or stds_t.shape == (k, d)):
-        raise OdebenchError(f"{source}: 'stds' must be K={k} numbers or K lists of d={d} numbers, got shape {tuple(stds_t.shape)}")
+        raise OdebenchError(f"{source}: 'stds' must be K={k} entries, each a number or a list of d={d} numbers") from None
+    if stds_t.shape != (k, d):
+        raise OdebenchError(f"{source}: 'stds' must be K={k} entries, each a number or a list of d={d} numbers")
     weights_t = None
     if spec.get("weights") is not None:
         try:
