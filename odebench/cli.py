@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from odebench.errors import OdebenchError
+from odebench.ode.spec import DEFAULT_ATOL, DEFAULT_BATCH, DEFAULT_METHOD, DEFAULT_RTOL
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="ODE-error benchmark for consistency-model students of diffusion teachers.")
@@ -57,12 +58,12 @@ def run(
     guidance_form: str = typer.Option("imagen", help="imagen: u + w(c-u);  lcm: c + w(c-u) (= imagen w+1)."),
     uncond: bool = typer.Option(False, "--uncond", help="Unconditional sampling (the full mixture)."),
     conditional: bool = typer.Option(False, "--conditional", help="Class-conditional sampling (labels i mod C)."),
-    method: str = typer.Option("dopri5", help="Reference solver (torchdiffeq adaptive): dopri5 | dopri8 | bosh3 | adaptive_heun | fehlberg2."),
-    rtol: float = typer.Option(1e-5, help="Reference relative tolerance."),
-    atol: float = typer.Option(1e-5, help="Reference absolute tolerance."),
+    method: str = typer.Option(DEFAULT_METHOD, help="Reference solver (torchdiffeq adaptive): dopri5 | dopri8 | bosh3 | adaptive_heun | fehlberg2."),
+    rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
+    atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
     time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
     dtype: Optional[str] = typer.Option(None, help="Reference state dtype: float32 | float64 (default: the teacher's)."),
-    ref_batch: int = typer.Option(256, help="Samples per reference solve (they share one step size)."),
+    ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
     curve_points: int = typer.Option(12, help="Noise levels of the per-sigma error curve (0 to skip)."),

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from odebench.cli import app
+from odebench.ode.spec import DEFAULT_RTOL
 from odebench.results import SCHEMA
 from odebench.teachers import load_teacher
 
@@ -108,7 +109,7 @@ def test_run_exits_zero_and_prints_table(main_run):
         cells = [c.strip() for c in lines[0].split("│")[1:-1]]
         assert cells[1] == fmt(res["nfe"]["student_per_sample"])
         assert fmt(m["value"], m["stderr"]) in cells, (cells, fmt(m["value"], m["stderr"]))
-    assert "reference: dopri5 rtol=1e-05" in out
+    assert f"reference: dopri5 rtol={DEFAULT_RTOL:g}" in out
     assert "results: runs/ddim-1, runs/ddim-4, runs/heun-8, runs/ref" in out
     # a cold cache: the one reference chunk was solved in this run
     assert "(cache 0 hit / 1 miss)" in out
@@ -150,7 +151,7 @@ def test_result_json_contents(main_run):
             assert METRIC_FIELDS <= set(m[key]), (key, m[key])
             assert m[key]["higher_is_better"] is False
             assert "teacher " + gmm.fingerprint() in m[key]["identity"]
-            assert "dopri5 rtol=1e-05" in m[key]["identity"]
+            assert f"dopri5 rtol={DEFAULT_RTOL:g}" in m[key]["identity"]
             assert m[key]["n"] == (16 if key.endswith("curve_mean") else 64)
         assert m["ode_rmse@ref"]["value"] == pytest.approx(math.sqrt(m["ode_mse@ref"]["value"]), rel=1e-12)
         assert len(res["curves"]["ode_mse_vs_sigma"]["sigma"]) == 3

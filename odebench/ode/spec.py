@@ -13,11 +13,12 @@ DTYPES = ("float32", "float64")
 # torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
 SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")
 
-# Chosen by measurement (benchmarks/reference_solver.py, table in README): dopri5 in log-sigma time
-# at rtol = atol = 1e-5 reaches < 1e-4 relative endpoint error with fewer NFEs than DDIM-100.
+# Chosen by measurement (benchmarks/reference_solver.py; table in README): the cheapest setting
+# with <= 1e-4 relative endpoint error on both the closed-form Gaussian (6.0e-5, 81 NFE) and the
+# 64-D mixture (7.0e-5, 111 NFE), ~100-1000x below DDIM-100. dopri8/bosh3 and sigma time cost more.
 DEFAULT_METHOD = "dopri5"
-DEFAULT_RTOL = 1e-5
-DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-4
 DEFAULT_BATCH = 256
 
 

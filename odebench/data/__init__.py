@@ -1,0 +1,1 @@
+"""Real data sets the embedded domains are built on (shipped with dependencies, never downloaded)."""

@@ -1,0 +1,78 @@
+"""Discrete-schedule adapter: a VP model trained on T integer timesteps, seen as an EDM denoiser.
+
+For a VP schedule with cumulative alphas abar_t (Karras et al. 2022, Table 1, "VP" with discrete t):
+  sigma_t = sqrt((1 - abar_t)/abar_t); the VE state is x = x_vp / sqrt(abar_t), so x_vp = c_in x
+  with c_in = 1/sqrt(1 + sigma^2); pure noise x_vp = z at t = T-1 is x = z sqrt(1 + sigma_max^2).
+  epsilon-prediction: D = x - sigma eps;  v-prediction: D = c_in^2 x - sigma c_in v.
+A noise level between two trained timesteps maps to a fractional timestep by linear interpolation
+of log sigma over the table, as k-diffusion and diffusers' Euler scheduler do. The same adapter
+serves the embedded digits UNet and SDXL.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from odebench.teachers.base import Teacher
+
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
+    """SD/SDXL schedule: betas = linspace(sqrt(b0), sqrt(b1), T)^2, abar = cumprod(1 - betas); float64."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class DiscreteVPTeacher(Teacher):
+    """Subclasses implement `_model(x_in, t, cond)`: one pass of the network on VP input x_in at
+    fractional timesteps t (B,), returning its raw prediction (eps or v)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "epsilon") -> None:
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}")
+        self.alphas_cumprod = alphas_cumprod.double()
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # increasing in t
+        self.log_sigmas = self.sigmas.log()
+        self.prediction = prediction
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.sigmas.shape[0]
+
+    def init_noise_scale(self) -> float:
+        """x(sigma_max) = z sqrt(1 + sigma_max^2): VP pure noise z in VE coordinates (DESIGN section 8)."""
+        return float((1.0 + self.sigma_max ** 2) ** 0.5)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional timestep by linear interpolation of log sigma between trained timesteps (float64)."""
+        log_sigma = sigma.double().clamp(self.sigma_min, self.sigma_max).log()
+        ls = self.log_sigmas.to(log_sigma.device)
+        hi = torch.searchsorted(ls, log_sigma).clamp(1, ls.shape[0] - 1)
+        lo = hi - 1
+        w = (log_sigma - ls[lo]) / (ls[hi] - ls[lo])
+        return lo.double() + w.clamp(0, 1)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of sigma_to_t: log sigma interpolated at fractional t."""
+        t = t.double().clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long().clamp(max=self.num_timesteps - 2)
+        w = t - lo
+        ls = self.log_sigmas.to(t.device)
+        return ((1 - w) * ls[lo] + w * ls[lo + 1]).exp()
+
+    @abstractmethod
+    def _model(self, x_in: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """Raw network output for VP input x_in at fractional timesteps t; cond None = unconditional."""
+
+    def _denoise(self, x, sigma, cond):
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        c_in = 1.0 / torch.sqrt(1.0 + s ** 2)
+        out = self._model(x * c_in, self.sigma_to_t(sigma), cond).to(x.dtype)
+        if self.prediction == "epsilon":
+            return x - s * out
+        return c_in ** 2 * x - s * c_in * out
