@@ -157,7 +157,7 @@ def test_result_json_contents(main_run):
         assert len(res["curves"]["ode_mse_vs_sigma"]["sigma"]) == 3
         # the reference and its floor
         ref = res["reference"]
-        assert ref["solver"] == {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "time": "log-sigma",
+        assert ref["solver"] == {"method": "dopri5", "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": "log-sigma",
                                  "dtype": "float64", "batch": 256, "options": {}}
         floor = ref["floor"]
         assert floor["n"] == 8 and floor["tight_solver"]["rtol"] == pytest.approx(1e-6)

@@ -72,7 +72,8 @@ def test_digits_features(held_out):
     f1, f2 = feats(images), feats(images)
     assert f1.shape == (len(images), 64) and f1.dtype == np.float64
     assert np.array_equal(f1, f2)
-    assert np.array_equal(feats(images[:7]), f1[:7])  # batch composition does not matter
+    # another batch size may pick another conv kernel: equal to float32 round-off, not bitwise
+    np.testing.assert_allclose(feats(images[:7]), f1[:7], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         feats(np.zeros((2, 16, 16, 3), np.uint8))  # no resize
     with pytest.raises(ValueError):

@@ -15,7 +15,10 @@ shipped as `odebench/assets/digits/classifier.safetensors` with a `classifier.js
 
 Preprocessing is fixed and named in every identity string: uint8 RGB (N, 8, 8, 3) -> channel 0
 (the grey level; grey images are replicated to three channels upstream) / 255 as float32
-(N, 1, 8, 8), no resize. The weights are checked against the sidecar's sha256 on load.
+(N, 1, 8, 8), no resize. The weights are checked against the sidecar's sha256 on load. The network
+runs in float32 (as trained) in chunks of 4,096 images: the same input gives bitwise the same
+output, while a different batch size may pick another CPU conv kernel and differ at float32
+round-off (~1e-6 relative).
 
 torch is imported here at module level; other modules import this one lazily.
 """
