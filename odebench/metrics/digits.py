@@ -116,7 +116,10 @@ def load_digits_net() -> tuple[DigitsNet, dict[str, Any]]:
     sha = hashlib.sha256(blob).hexdigest()
     if sha != side.get("weights_sha256"):
         raise OdebenchError(f"{weights_file}: weights do not match the checksum in {SIDECAR_NAME} (file changed or corrupt)")
-    net = DigitsNet.from_config(side["architecture"])
+    try:
+        net = DigitsNet.from_config(side["architecture"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise OdebenchError(f"{side_file}: bad architecture in digits classifier sidecar ({type(e).__name__}: {e})") from None
     try:
         net.load_state_dict(st_load(blob))
     except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
