@@ -23,12 +23,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as on the Hug
 SHA_PREFIX = 12
 
 
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl", ".npz")
+
+
 def _looks_like_path(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~")) or s in (".", "..") or os.sep + os.sep in s
+    return s.startswith(("/", "./", "../", "~")) or s in (".", "..")
 
 
 def _is_hub_id(s: str) -> bool:
-    return bool(_HUB_ID.match(s)) and not _looks_like_path(s)
+    """org/name, but not dir/file.pt (a relative path to a weights file)."""
+    return bool(_HUB_ID.match(s)) and not _looks_like_path(s) and not s.lower().endswith(_WEIGHT_SUFFIXES)
 
 
 def _hf_cached_file(repo: str, filename: str) -> Path | None:
@@ -55,26 +59,29 @@ def _hf_cached_snapshot(repo: str) -> Path | None:
 
 
 def resolve_weights(filename_or_id: str | os.PathLike, what: str, env: str = WEIGHTS_ENV, *,
-                    hub_repo: str | None = None, flag: str | None = None, describe: str = "weights") -> Path:
+                    hub_repo: str | None = None, flag: str | None = None, describe: str = "weights",
+                    source: str | None = None) -> Path:
     """Path of a weights file or folder that is already on this machine.
 
-    filename_or_id: an existing path (returned as is); a path-like string that does not exist (an
-      error); a hub id `org/name` (a model folder: `$env/<name>`, then the HF cache snapshot); or a
+    filename_or_id: an existing path, relative to the working directory or absolute (returned as
+      is); a path-like string that does not exist (an error); a hub id `org/name` (a model folder: `$env/<name>`, then the HF cache snapshot); or a
       bare file name (`$env/<filename>`, then `hub_repo`'s copy in the HF cache when given).
-    what: the metric that needs it, for the message ("FID"); describe: what the file is
-      ("Inception weights"); flag: the CLI option that takes a path ("--fid-weights").
+    what: the metric that needs it ("FID"); describe: what the file is ("Inception weights");
+      source: where the file comes from, for the message ("clean-fid's"); flag: the CLI option
+      that takes a path instead ("--fid-weights").
     """
     s = os.fspath(filename_or_id)
     p = Path(s).expanduser()
     if p.exists():
         return p
-    where = f"put it in ${env}" + (f" (now {os.environ[env]!r})" if os.environ.get(env) else " (unset)")
-    if flag:
-        where += f" or pass {flag} PATH"
-    if _looks_like_path(s) or (os.sep in s and not _is_hub_id(s)):
-        raise OdebenchError(f"{what} needs {describe} at '{s}', which does not exist: fix the path, {where}")
-
     root = os.environ.get(env)
+    now = f" (now {root!r})" if root else " (unset)"
+    alt = f" or pass {flag} PATH" if flag else ""
+    src = f" ({source})" if source else ""
+    if _looks_like_path(s) or (os.sep in s and not _is_hub_id(s)):
+        raise OdebenchError(f"{what} needs {describe}{src} at '{s}', which does not exist: fix the path, "
+                            f"put the file in ${env}{now}{alt}")
+
     if _is_hub_id(s):
         name = s.split("/", 1)[1]
         if root and (Path(root) / name).is_dir():
@@ -82,17 +89,18 @@ def resolve_weights(filename_or_id: str | os.PathLike, what: str, env: str = WEI
         snap = _hf_cached_snapshot(s)
         if snap is not None and snap.is_dir():
             return snap
-        raise OdebenchError(f"{what} needs {describe} '{s}' (a model folder): {where}/{name}, have it in the "
-                            f"Hugging Face cache, or pass a folder path; nothing is downloaded")
+        raise OdebenchError(f"{what} needs {describe} '{s}'{src}: put the model folder at ${env}/{name}{now}, "
+                            f"have {s} in the Hugging Face cache,{alt or ' or pass a folder path'}; nothing is downloaded")
 
     if root and (Path(root) / s).is_file():
         return Path(root) / s
+    hf = ""
     if hub_repo:
         hit = _hf_cached_file(hub_repo, s)
         if hit is not None:
             return hit
-        where += f", or have it in the Hugging Face cache ({hub_repo})"
-    raise OdebenchError(f"{what} needs {describe} '{s}': {where}; nothing is downloaded")
+        hf = f", have {hub_repo} in the Hugging Face cache,"
+    raise OdebenchError(f"{what} needs {describe} '{s}'{src}: put it in ${env}{now}{hf}{alt}; nothing is downloaded")
 
 
 @lru_cache(maxsize=64)

@@ -106,13 +106,14 @@ def test_prdc_identical_displaced_and_hand_checked():
     m = prdc(x + 1e3, x, "far set", "test features")
     assert m["precision"].value == 0.0 and m["recall"].value == 0.0
 
-    # by hand, k = 1 on a line: real radii 20,1,1,1,1,7 (for -20,0,1,2,3,10); fake radii 14,12,12 (for 4,18,30)
-    # fake 4 is at distance 1 = radius of real 3 (boundary counts as inside); 18 is 8 > 7 from real 10;
-    # 30 is nowhere -> precision 1/3.  Every real point is within 14 of fake 4 except -20 -> recall 5/6.
-    real = np.array([[-20.0, 0], [0, 0], [1, 0], [2, 0], [3, 0], [10, 0]])
-    fake = np.array([[4.0, 0], [18, 0], [30, 0]])
+    # by hand, k = 1 on a line.  real -40,0,1,2,3,30,33 -> radii 40,1,1,1,1,3,3; fake 4,20,37 -> radii 16,16,17.
+    # precision: fake 4 lies exactly on the ball of real 3 (distance 1 = radius; the boundary counts as
+    # inside), fake 20 is 10 > 3 from real 30, fake 37 is 4 > 3 from real 33 -> 1/3.
+    # recall: every real point is within 16 of fake 4 or fake 20 except -40 (44, 60, 77 away) -> 6/7.
+    real = np.array([[-40.0, 0], [0, 0], [1, 0], [2, 0], [3, 0], [30, 0], [33, 0]])
+    fake = np.array([[4.0, 0], [20, 0], [37, 0]])
     m = prdc(fake, real, "hand", "line", k=1)
-    assert m["precision"].value == pytest.approx(1 / 3) and m["recall"].value == pytest.approx(5 / 6)
+    assert m["precision"].value == pytest.approx(1 / 3) and m["recall"].value == pytest.approx(6 / 7)
     assert m["precision"].n == 3
 
     # chunked computation agrees with a brute-force one, for tiny and default chunks
@@ -175,7 +176,10 @@ def test_inception_features_through_real_loading_path(offline):
         expected = scripted.layers((x - 128) / 128).double().numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
 
-    m = fid(feats, ext(images(6, 40, 40, seed=1)), "tiny ref set", ext.identity, stderr_reps=3)
+    # the metric value (on a 16-d slice: a 2048-d FD costs seconds of eigendecomposition)
+    ref = ext(images(6, 40, 40, seed=1))
+    m = fid(feats[:, :16], ref[:, :16], "tiny ref set", ext.identity, stderr_reps=3)
+    assert m.value == pytest.approx(fd_features(feats[:, :16], ref[:, :16]))
     assert m.value > 0 and m.stderr is not None and not m.higher_is_better
     assert "tiny ref set" in m.identity and INCEPTION_FILE in m.identity and m.n == 5
 
@@ -280,6 +284,21 @@ def test_clip_score_through_real_loading_path(tiny_clip):
     np.testing.assert_allclose(f / np.linalg.norm(f, axis=1, keepdims=True), img, atol=1e-6)
     with pytest.raises(OdebenchError, match="one prompt per image"):
         scorer.clip_score(imgs, PROMPTS[:2])
+
+
+def test_clip_loads_openai_style_torchscript_archive(tiny_clip, tmp_path):
+    """OpenAI's ViT-L-14.pt is a TorchScript archive: its state dict is loaded into the open_clip model."""
+    from odebench.metrics.clip import ClipScorer
+
+    model, _ = tiny_clip
+    traced = torch.jit.trace_module(model, {"encode_image": torch.zeros(1, 3, 32, 32)}, check_trace=False)
+    archive = tmp_path / "ViT-L-14.pt"
+    traced.save(str(archive))
+    scorer = ClipScorer(TINY_CLIP, pretrained=str(archive), device="cpu")
+    imgs = images(3, 32, 32, seed=5)
+    img, txt = manual_embeddings(model, imgs, PROMPTS[:3])
+    np.testing.assert_allclose(scorer.image_embeddings(imgs), img, atol=1e-6)
+    np.testing.assert_allclose(scorer.text_embeddings(PROMPTS[:3]), txt, atol=1e-6)
 
 
 def collapse_affine(sd):

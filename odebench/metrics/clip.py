@@ -62,13 +62,23 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: 
     pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
     tag_cfg = get_pretrained_cfg(arch, os.fspath(pretrained)) if isinstance(pretrained, str) else {}
     if not tag_cfg:  # a path (or a typo): resolve it as a path
-        p = resolve_weights(pretrained, what, flag=flag, describe=f"CLIP weights for {arch}")
+        try:
+            p = resolve_weights(pretrained, what, flag=flag, describe=f"CLIP weights for {arch}")
+        except OdebenchError:
+            from open_clip import list_pretrained_tags_by_model
+
+            tags = list_pretrained_tags_by_model(arch)
+            s = os.fspath(pretrained)
+            if tags and "/" not in s and "." not in s:
+                raise OdebenchError(f"{what}: '{s}' is neither a weights file nor a pretrained tag of {arch} "
+                                    f"(tags: {', '.join(tags)})") from None
+            raise
         if p.is_dir():
             ckpt = _checkpoint_in(p)
             if ckpt is None:
                 raise OdebenchError(f"{what}: no {' or '.join(HF_WEIGHT_FILES)} in '{p}'")
             p = ckpt
-        return p, p.name
+        return p, "local weights"
 
     repo = tag_cfg.get("hf_hub", "").strip("/")
     url_file = os.path.basename(tag_cfg.get("url", "")) or None
@@ -86,9 +96,16 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: 
         except OdebenchError:
             pass
     name = repo.split("/", 1)[1] if repo else arch
-    alt = f", or {url_file} in ${WEIGHTS_ENV}" if url_file else ""
-    raise OdebenchError(f"{what} needs {arch}/{pretrained} weights: put {HF_WEIGHT_FILES[1]} (from {repo or '?'}) in "
-                        f"${WEIGHTS_ENV}/{name}/{alt}, have {repo} in the Hugging Face cache, or pass {flag} PATH; "
+    if not repo and not url_file:
+        raise OdebenchError(f"{what}: open_clip knows no source for {arch}/{pretrained}; pass {flag} PATH")
+    places = []
+    if repo:
+        places.append(f"put {HF_WEIGHT_FILES[1]} (from {repo}) in ${WEIGHTS_ENV}/{name}/")
+    if url_file:
+        places.append(f"put {url_file} in ${WEIGHTS_ENV}")
+    if repo:
+        places.append(f"have {repo} in the Hugging Face cache")
+    raise OdebenchError(f"{what} needs {arch}/{pretrained} weights: {', or '.join(places)}, or pass {flag} PATH; "
                         f"nothing is downloaded")
 
 
@@ -132,8 +149,11 @@ class ClipScorer:
             if _is_torchscript(path):  # OpenAI's original archive: take its state dict
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, **kw)
                 sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-                for k in ("input_resolution", "context_length", "vocab_size"):
-                    sd.pop(k, None)
+                known = set(model.state_dict())
+                for k in list(sd):  # archive-only entries: OpenAI's ints, and masks open_clip rebuilds
+                    if k not in known and (k in ("input_resolution", "context_length", "vocab_size")
+                                           or k.endswith("attn_mask")):
+                        del sd[k]
                 model.load_state_dict(sd, strict=True)
             else:
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path),

@@ -76,7 +76,8 @@ class DinoV2Features:
         else:
             source = os.fspath(weights) if weights is not None else DEFAULT_DINOV2
             folder = resolve_weights(source, "FD-DINOv2", flag=flag,
-                                     describe="DINOv2 weights (transformers folder: config.json + model.safetensors)")
+                                     describe="DINOv2 weights",
+                                     source="transformers folder: config.json + model.safetensors")
             if not folder.is_dir():
                 raise OdebenchError(f"FD-DINOv2 needs a transformers model folder (config.json + model.safetensors), "
                                     f"got the file '{folder}'")

@@ -84,7 +84,7 @@ class InceptionFeatures:
             backbone = f"injected model {model_name or type(model).__name__}"
         else:
             path = resolve_weights(weights if weights is not None else INCEPTION_FILE, "FID", flag=flag,
-                                   describe=f"Inception weights (clean-fid's {INCEPTION_FILE})")
+                                   describe="Inception weights", source="clean-fid's TorchScript Inception-v3")
             if path.is_dir():
                 path = resolve_weights(path / INCEPTION_FILE, "FID", flag=flag, describe="Inception weights")
             self.model = load_inception(path).to(self.device)

@@ -145,7 +145,11 @@ class Teacher(ABC):
             self.counter.passes += batch
             return self._denoise(x, sigma, None)
         self.counter.passes += 2 * batch
-        return g.combine(self._denoise(x, sigma, None), self._denoise(x, sigma, cond))
+        return g.combine(*self._denoise_pair(x, sigma, cond))
+
+    def _denoise_pair(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D_uncond, D_cond); network teachers override this to run both branches as one batch."""
+        return self._denoise(x, sigma, None), self._denoise(x, sigma, cond)
 
     # -- identity ----------------------------------------------------------------------------
     def with_guidance(self, guidance: Guidance) -> "Teacher":

@@ -69,10 +69,16 @@ class DiscreteVPTeacher(Teacher):
     def _model(self, x_in: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """Raw network output for VP input x_in at fractional timesteps t; cond None = unconditional."""
 
-    def _denoise(self, x, sigma, cond):
+    def _scalings(self, x: torch.Tensor, sigma: torch.Tensor):
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-        c_in = 1.0 / torch.sqrt(1.0 + s ** 2)
-        out = self._model(x * c_in, self.sigma_to_t(sigma), cond).to(x.dtype)
+        return s, 1.0 / torch.sqrt(1.0 + s ** 2)
+
+    def _to_denoised(self, x: torch.Tensor, s: torch.Tensor, c_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out = out.to(x.dtype)
         if self.prediction == "epsilon":
             return x - s * out
         return c_in ** 2 * x - s * c_in * out
+
+    def _denoise(self, x, sigma, cond):
+        s, c_in = self._scalings(x, sigma)
+        return self._to_denoised(x, s, c_in, self._model(x * c_in, self.sigma_to_t(sigma), cond))

@@ -1,0 +1,116 @@
+"""Class-conditional pixel-space UNet teachers (diffusers UNet2DModel) on a discrete VP schedule.
+
+The embedded `digits` teacher is one: its weights ship in odebench/assets/digits as safetensors
+with a JSON sidecar (format "odebench-teacher") holding the UNet config, the schedule and how it
+was trained. Class `null_class` is the unconditional label used for classifier-free guidance.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from odebench.errors import OdebenchError
+from odebench.teachers.base import Guidance
+from odebench.teachers.discrete import DiscreteVPTeacher, scaled_linear_alphas_cumprod
+
+TEACHER_FORMAT = "odebench-teacher"
+
+
+def alphas_cumprod_from_schedule(schedule: dict[str, Any]) -> torch.Tensor:
+    if schedule.get("kind") != "discrete-vp" or schedule.get("beta_schedule") != "scaled_linear":
+        raise OdebenchError(f"unsupported schedule {schedule!r} (this odebench knows discrete-vp scaled_linear)")
+    return scaled_linear_alphas_cumprod(float(schedule["beta_start"]), float(schedule["beta_end"]),
+                                        int(schedule["num_train_timesteps"]))
+
+
+class UNetClassTeacher(DiscreteVPTeacher):
+    """D(x, sigma, label) of a class-conditional UNet2DModel through the discrete-schedule adapter."""
+
+    default_conditional = True
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction: str, num_classes: int, null_class: int,
+                 weights_sha256: str, name: str = "unet", guidance: Guidance | None = None, spec: Any = None) -> None:
+        super().__init__(alphas_cumprod, prediction)
+        self.unet = unet.eval().requires_grad_(False)
+        self.name = name
+        self.num_classes = int(num_classes)
+        self.null_class = int(null_class)
+        cfg = unet.config
+        self.shape = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+        self.weights_sha256 = weights_sha256
+        self.default_guidance = guidance or Guidance(1.0, "imagen", "null")
+        self.guidance = self.default_guidance
+        self._spec = spec if spec is not None else name
+
+    @property
+    def sigma_data(self) -> float:
+        return 0.5  # data scaled to [-1, 1], as for SD latents' LCM parameterisation
+
+    def _labels(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        return torch.full((batch,), self.null_class, dtype=torch.long) if cond is None else cond.long()
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        with torch.no_grad():
+            return self.unet(x_in.to(dtype), t.to(dtype), class_labels=labels).sample
+
+    def _model(self, x_in, t, cond):
+        return self._unet(x_in, t, self._labels(cond, x_in.shape[0]))
+
+    def _denoise_pair(self, x, sigma, cond):
+        """Both CFG branches in one UNet batch (the null label, then the requested one)."""
+        s, c_in = self._scalings(x, sigma)
+        t = self.sigma_to_t(sigma)
+        b = x.shape[0]
+        x_in = (x * c_in).repeat(2, *([1] * (x.dim() - 1)))
+        out = self._unet(x_in, t.repeat(2), torch.cat([self._labels(None, b), self._labels(cond, b)]))
+        return self._to_denoised(x, s, c_in, out[:b]), self._to_denoised(x, s, c_in, out[b:])
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"weights": self.weights_sha256, "abar": hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest(),
+                           "prediction": self.prediction, "null": self.null_class}, sort_keys=True)
+        return f"{self.name}-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def spec(self) -> Any:
+        return self._spec
+
+    def decode(self, x: torch.Tensor):
+        """Model space [-1, 1] -> uint8 RGB images (N, H, W, 3)."""
+        from odebench.images import to_uint8_rgb
+
+        return to_uint8_rgb(x)
+
+
+def load_unet_teacher(sidecar_path: Path, name: str, spec: Any = None) -> UNetClassTeacher:
+    """Build the teacher from its sidecar and safetensors weights (checksum-verified)."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from odebench.students.checkpoint import file_sha256
+
+    if not sidecar_path.is_file():
+        raise OdebenchError(f"teacher sidecar not found: {sidecar_path}")
+    try:
+        side = json.loads(sidecar_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise OdebenchError(f"{sidecar_path}: unreadable teacher sidecar ({e})") from None
+    if side.get("format") != TEACHER_FORMAT:
+        raise OdebenchError(f"{sidecar_path}: not an odebench teacher sidecar (format must be {TEACHER_FORMAT!r})")
+    weights = sidecar_path.parent / side["weights"]
+    if not weights.is_file():
+        raise OdebenchError(f"teacher weights not found: {weights}")
+    sha = file_sha256(weights)
+    if side.get("weights_sha256") and sha != side["weights_sha256"]:
+        raise OdebenchError(f"{weights}: checksum does not match its sidecar (file changed or corrupt)")
+    unet = UNet2DModel.from_config(side["unet_config"])
+    state = load_file(str(weights))
+    unet.load_state_dict({k: v.float() for k, v in state.items()})
+    schedule = side["schedule"]
+    g = side.get("default_guidance", {"w": 1.0, "form": "imagen", "uncond": "null"})
+    return UNetClassTeacher(unet, alphas_cumprod_from_schedule(schedule), schedule.get("prediction", "epsilon"),
+                            side["num_classes"], side["null_class"], sha, name=name,
+                            guidance=Guidance.from_dict(g), spec=spec if spec is not None else name)
