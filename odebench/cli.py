@@ -49,8 +49,8 @@ STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K 
 @guarded
 def run(
     student: Optional[List[str]] = typer.Option(None, "--student", "-s", help=STUDENT_HELP),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="gmm | gmm64 | path to a teacher JSON. Default: the student checkpoint's teacher, else gmm."),
-    samples: int = typer.Option(1024, help="Number of samples (noise seeds) per student."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="digits | gmm | gmm64 | path to a teacher JSON. Default: the student checkpoint's teacher, else digits."),
+    samples: Optional[int] = typer.Option(None, help="Number of samples (noise seeds) per student (default: the teacher's: digits 512, gmm 1024)."),
     seed: int = typer.Option(0, help="Noise-bank seed: sample i's noise comes from (seed, i)."),
     name: Optional[str] = typer.Option(None, help="Run directory name (with several students: a prefix)."),
     out: Path = typer.Option(Path("runs"), help="Runs directory."),
@@ -66,8 +66,8 @@ def run(
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
-    curve_points: int = typer.Option(12, help="Noise levels of the per-sigma error curve (0 to skip)."),
-    curve_samples: int = typer.Option(256, help="Samples used for the error curve."),
+    curve_points: int = typer.Option(8, help="Noise levels of the per-sigma error curve (0 to skip)."),
+    curve_samples: int = typer.Option(64, help="Samples used for the error curve."),
     floor_samples: int = typer.Option(64, help="Samples re-solved at 10x tighter tolerance for the reference floor (0 to skip)."),
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),

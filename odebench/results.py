@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,7 +42,8 @@ def environment() -> dict[str, Any]:
             "device": "cpu", "threads": torch.get_num_threads()}
 
 
-def write_run(out_dir: Path, name: str, result: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+def write_run(out_dir: Path, name: str, result: dict[str, Any], tensors: dict[str, torch.Tensor],
+              extra: Callable[[Path], Any] | None = None) -> Path:
     """Write a complete run directory, then swap it into place: no half-written result survives."""
     from safetensors.torch import save_file
 
@@ -51,6 +52,8 @@ def write_run(out_dir: Path, name: str, result: dict[str, Any], tensors: dict[st
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "per_sample.safetensors"))
+        if extra is not None:
+            extra(tmp)
         with open(tmp / "result.json", "w") as f:
             json.dump(result, f, indent=1, allow_nan=False)
             f.write("\n")

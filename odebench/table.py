@@ -6,6 +6,9 @@ import math
 COLUMNS = {  # metric -> short header; the full names are in result.json and the README
     "ode_mse@ref": "ODE mse", "ode_rel@ref": "ODE rel", "ode_mse@ref_curve_mean": "curve mse",
     "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID", "mode_coverage": "cover", "mode_precision": "prec",
+    "fd_digits@real": "FD real", "fd_digits@teacher": "FD teacher", "precision_digits@real": "prec",
+    "recall_digits@real": "recall", "label_adherence": "label", "confidence": "conf",
+    "fid@teacher": "FID", "fd_dinov2@teacher": "FD-DINOv2", "clip_score": "CLIP", "aesthetic": "aesth",
 }
 
 
@@ -47,6 +50,9 @@ def print_run_table(console, outcomes) -> None:
                   f"({nfe['accepted_steps']} accepted, {nfe['rejected_steps']} rejected steps); "
                   f"teacher evaluations this run: {nfe['teacher_evals_this_run']} "
                   f"(cache {nfe['cache_hits']} hit / {nfe['cache_misses']} miss)")
+    halves = first.get("extras", {}).get("fd_digits_real_halves")
+    if halves:
+        console.print(f"FD between two halves of the held-out real digits (n={halves['n']} each): {fmt(halves['value'])}")
     if floor:
         console.print(f"reference floor (ode_mse vs 10x tighter solve, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}")
     console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")

@@ -108,3 +108,15 @@ def test_mode_coverage_sees_a_missing_mode():
     # samples stranded between the modes cover nothing, though each has a most likely mode
     between, _ = mixture_quality(torch.zeros(500, 2, dtype=torch.float64), exact, mix, None, "exact")
     assert between["mode_coverage"].value == 0.0 and between["mode_precision"].value == 0.0
+
+
+def test_fd_singular_covariance_falls_back():
+    """Fewer samples than dimensions: S1 is singular (no Cholesky) and FD still matches sqrtm."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((5, 12)), rng.standard_normal((40, 12))
+    from odebench.metrics.fd import feature_stats
+
+    mu1, s1 = feature_stats(a)
+    mu2, s2 = feature_stats(b)
+    assert np.linalg.matrix_rank(s1) < 12
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(fd_sqrtm(mu1, s1, mu2, s2), rel=1e-6)

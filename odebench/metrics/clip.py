@@ -47,8 +47,8 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
 
 
-def _checkpoint_in(folder: Path) -> Path | None:
-    for name in HF_WEIGHT_FILES:
+def _checkpoint_in(folder: Path, names: Sequence[str] = HF_WEIGHT_FILES) -> Path | None:
+    for name in names:
         if (folder / name).is_file():
             return folder / name
     return None
@@ -80,12 +80,13 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: 
             p = ckpt
         return p, "local weights"
 
-    repo = tag_cfg.get("hf_hub", "").strip("/")
+    repo, hub_file = os.path.split(tag_cfg.get("hf_hub", ""))  # open_clip's convention: "org/repo/[file]"
+    names = (hub_file,) if hub_file else HF_WEIGHT_FILES
     url_file = os.path.basename(tag_cfg.get("url", "")) or None
     if repo:
         try:
             folder = resolve_weights(repo, what)
-            ckpt = _checkpoint_in(folder)
+            ckpt = _checkpoint_in(folder, names)
             if ckpt is not None:
                 return ckpt, f"{arch}/{pretrained} ({repo})"
         except OdebenchError:
@@ -100,7 +101,7 @@ def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: 
         raise OdebenchError(f"{what}: open_clip knows no source for {arch}/{pretrained}; pass {flag} PATH")
     places = []
     if repo:
-        places.append(f"put {HF_WEIGHT_FILES[1]} (from {repo}) in ${WEIGHTS_ENV}/{name}/")
+        places.append(f"put {names[-1]} (from {repo}) in ${WEIGHTS_ENV}/{name}/")
     if url_file:
         places.append(f"put {url_file} in ${WEIGHTS_ENV}")
     if repo:

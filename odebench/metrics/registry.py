@@ -37,10 +37,17 @@ def register(name: str, higher_is_better: bool, description: str) -> MetricDef:
     return REGISTRY[name]
 
 
+def family(name: str) -> str:
+    """The registered metric a concrete name belongs to: "fd_digits@teacher" -> "fd_digits",
+    "ode_mse@ref[k=2]" -> "ode_mse@ref" (names registered with their "@" keep it)."""
+    base = name.split("[", 1)[0]
+    return base if base in REGISTRY else base.split("@", 1)[0]
+
+
 def value(name: str, v: float, stderr: float | None, identity: str, n: int) -> MetricValue:
     """A MetricValue for a registered metric (the direction comes from the registry)."""
-    base = name.split("[", 1)[0]
-    return MetricValue(float(v), None if stderr is None else float(stderr), REGISTRY[base].higher_is_better, identity, int(n))
+    return MetricValue(float(v), None if stderr is None else float(stderr), REGISTRY[family(name)].higher_is_better,
+                       identity, int(n))
 
 
 register("ode_mse@ref", False, "endpoint MSE per element between student sample and reference ODE solution (paper's ODE error)")

@@ -10,9 +10,13 @@ from odebench.errors import OdebenchError
 from odebench.teachers.base import Guidance, Teacher
 
 PRESETS = {
+    "digits": "class-conditional 8x8 pixel UNet (diffusers), eps-prediction on SD's discrete VP schedule, trained here on sklearn digits",
     "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
     "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
 }
+
+
+DEFAULT_TEACHER = "digits"
 
 
 def _preset_spec(name: str) -> dict[str, Any]:
@@ -25,8 +29,12 @@ def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | Non
     from odebench.teachers.gmm import gmm_from_spec
 
     if spec is None:
-        spec = "gmm"
-    if isinstance(spec, dict):
+        spec = DEFAULT_TEACHER
+    if spec == "digits":
+        from odebench.teachers.unet import load_unet_teacher
+
+        teacher = load_unet_teacher(Path(str(resources.files("odebench.assets").joinpath("digits", "teacher.json"))), "digits")
+    elif isinstance(spec, dict):
         teacher = gmm_from_spec(spec, "teacher definition")
     elif str(spec) in PRESETS:
         teacher = gmm_from_spec(_preset_spec(str(spec)), f"preset {spec}")

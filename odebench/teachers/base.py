@@ -101,6 +101,7 @@ class Teacher(ABC):
     default_conditional: bool = False
     default_guidance: Guidance = Guidance()
     default_students: tuple[str, ...] = ("ddim:1", "ddim:2", "ddim:4", "ddim:16", "heun:8", "ref")
+    default_samples: int = 1024
 
     def __init__(self) -> None:
         self.guidance = self.default_guidance
