@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,28 +21,12 @@ import numpy as np
 import torch
 
 from odebench.data.digits import HELD_OUT_FRACTION, SPLIT_SEED, digits_split
+from odebench.fileio import atomic_write_bytes
 from odebench.metrics.digits import (FEATURE_LAYER, PREPROCESSING, SIDECAR_FORMAT, SIDECAR_NAME,
                                      SIDECAR_VERSION, WEIGHTS_NAME, DigitsNet)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "odebench" / "assets" / "digits"
 MIN_ACCURACY = 0.97
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; shipped assets must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_input(images_uint8: np.ndarray) -> torch.Tensor:
@@ -135,13 +117,13 @@ def save(net: DigitsNet, record: dict, out: Path) -> tuple[Path, Path]:
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     blob = st_save(state, metadata={"format": SIDECAR_FORMAT})
     weights = out / WEIGHTS_NAME
-    atomic_write(weights, blob)
+    atomic_write_bytes(weights, blob)
     side = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "weights": WEIGHTS_NAME,
             "weights_sha256": hashlib.sha256(blob).hexdigest(), "architecture": net.config,
             "num_parameters": int(sum(p.numel() for p in net.parameters())),
             "preprocessing": PREPROCESSING, "feature_layer": FEATURE_LAYER, **record}
     side_path = out / SIDECAR_NAME
-    atomic_write(side_path, (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(side_path, (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
     return weights, side_path
 
 

@@ -50,14 +50,14 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from odebench.fileio import atomic_write_bytes, file_sha256
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "odebench" / "assets" / "digits"
 CHECK_PNG = Path("/tmp/digits_teacher_check.png")
@@ -169,23 +169,7 @@ def lr_at(step: int, cfg: dict[str, Any]) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# atomic output
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; package assets must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
+# output (written atomically)
 
 def save_teacher(unet, out: Path, training: dict[str, Any], default_guidance: dict[str, Any] | None = None) -> Path:
     from safetensors.torch import save
@@ -193,7 +177,7 @@ def save_teacher(unet, out: Path, training: dict[str, Any], default_guidance: di
     state = {k: v.detach().float().contiguous().cpu() for k, v in unet.state_dict().items()}
     blob = save(state, metadata={"format": "pt", "odebench": "digits teacher (EMA weights, fp32)"})
     weights = out / "teacher.safetensors"
-    _atomic_write_bytes(weights, blob)
+    atomic_write_bytes(weights, blob)
     sidecar = {
         "format": "odebench-teacher",
         "name": "digits",
@@ -220,7 +204,7 @@ def save_teacher(unet, out: Path, training: dict[str, Any], default_guidance: di
     }
     if default_guidance is not None:
         sidecar["default_guidance"] = default_guidance
-    _atomic_write_bytes(out / "teacher.json", (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "teacher.json", (json.dumps(sidecar, indent=2) + "\n").encode())
     return weights
 
 
@@ -346,7 +330,7 @@ def load_teacher(out: Path):
 
     side = json.loads((out / "teacher.json").read_text())
     weights = out / side["weights"]
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha = file_sha256(weights)
     if sha != side["weights_sha256"]:
         raise SystemExit(f"{weights}: sha256 {sha} does not match the sidecar")
     unet = UNet2DModel.from_config(side["unet_config"])

@@ -10,7 +10,6 @@ and otherwise raises an OdebenchError whose one line says which file is expected
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from functools import lru_cache
@@ -105,11 +104,9 @@ def resolve_weights(filename_or_id: str | os.PathLike, what: str, env: str = WEI
 
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from odebench.fileio import file_sha256 as plain_sha256
+
+    return plain_sha256(path)  # size and mtime only key the memo
 
 
 def file_sha256(path: str | os.PathLike) -> str:

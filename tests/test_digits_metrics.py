@@ -1,5 +1,4 @@
 """The shipped digits classifier and the metrics built on it: features, label adherence, confidence."""
-import shutil
 
 import numpy as np
 import pytest

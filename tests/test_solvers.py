@@ -8,7 +8,6 @@ from odebench.bench import RunConfig, run
 from odebench.ode.grids import karras_sigmas
 from odebench.ode.spec import SolverSpec
 from odebench.students.solvers import SolverStudent
-from odebench.teachers.gmm import GMMTeacher
 
 MU = [1.0, -2.0, 0.5]
 S = 0.3

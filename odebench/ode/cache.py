@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from odebench.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -115,18 +116,7 @@ class TrajectoryCache:
         meta = {"key": key, "payload": canonical_json(payload), "info": json.dumps(info),
                 "checksum": tensors_checksum(tensors), "created": str(time.time())}
         blob = save(tensors, metadata=meta)
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self.path(key), blob)
 
     # -- housekeeping ------------------------------------------------------------------------
     def entries(self, verify: bool = False) -> list[EntryInfo]:

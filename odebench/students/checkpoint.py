@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,33 +25,12 @@ from typing import Any
 import torch
 
 from odebench.errors import OdebenchError
+from odebench.fileio import atomic_write_bytes, file_sha256
 
 FORMAT = "odebench-student"
 FORMAT_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 REQUIRED = ("weights", "architecture", "parameterisation", "sampler", "teacher", "guidance")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_student(stem: Path | str, state_dict: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> Path:
@@ -63,11 +40,11 @@ def save_student(stem: Path | str, state_dict: dict[str, torch.Tensor], sidecar:
     stem = Path(stem)
     weights = stem.with_suffix(".safetensors")
     blob = save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, metadata={"format": FORMAT})
-    _atomic_write(weights, blob)
+    atomic_write_bytes(weights, blob)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **sidecar, "weights": weights.name,
             "weights_sha256": hashlib.sha256(blob).hexdigest()}
     side = stem.with_suffix(".json")
-    _atomic_write(side, (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(side, (json.dumps(full, indent=1, sort_keys=True) + "\n").encode())
     return side
 
 

@@ -92,7 +92,7 @@ def load_unet_teacher(sidecar_path: Path, name: str, spec: Any = None) -> UNetCl
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
-    from odebench.students.checkpoint import file_sha256
+    from odebench.fileio import file_sha256
 
     if not sidecar_path.is_file():
         raise OdebenchError(f"teacher sidecar not found: {sidecar_path}")
