@@ -1,4 +1,3 @@
-"""Reference trainers (CM and Direct CM distillation); they build on odebench rather than copy it.
-
-The training loop lands with the trainers issue; until then this package holds no code.
-"""
+"""Reference trainers: CM and Direct CM distillation in one loop (baselines.distill), plus the
+scripts that trained the shipped digits teacher and classifier. They build on odebench rather
+than copy it."""

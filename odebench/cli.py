@@ -96,6 +96,48 @@ def run(
     print_run_table(console, outcomes)
 
 
+@app.command()
+@guarded
+def train(
+    target: str = typer.Argument(..., help="cm (one teacher step + the student itself) or direct (teacher solves to 0)."),
+    teacher: str = typer.Option("gmm", "--teacher", "-t", help="gmm | gmm64 | path to a teacher JSON."),
+    steps: int = typer.Option(2000, help="Optimiser steps."),
+    batch_size: int = typer.Option(256, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (constant)."),
+    grid: int = typer.Option(100, help="Grid size N (Karras levels for continuous teachers)."),
+    solver: str = typer.Option("ddim", help="Teacher solver for a step: ddim | euler | heun."),
+    loss: str = typer.Option("l2", help="l2 | huber (pseudo-Huber, c = --huber-c)."),
+    huber_c: float = typer.Option(0.001, help="Pseudo-Huber constant."),
+    guidance: Optional[float] = typer.Option(None, help="CFG weight of the teacher ODE (default: the teacher's)."),
+    guidance_form: str = typer.Option("imagen", help="imagen | lcm."),
+    conditional: bool = typer.Option(False, "--conditional", help="Class-conditional student."),
+    seed: int = typer.Option(0, help="Seed of the data, noise and grid-index stream."),
+    checkpoint_every: int = typer.Option(500, help="Write a resumable checkpoint every N steps."),
+    out: Path = typer.Option(Path("students/run"), help="Output directory (checkpoint, log.jsonl, student.json/.safetensors)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+):
+    """Distil a CM or Direct CM student (one loop, two targets); writes an odebench student."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+
+    from baselines.distill import DistillConfig
+    from baselines.train import train_student
+    from odebench.teachers.base import Guidance
+
+    cfg = DistillConfig(target=target, steps=steps, batch_size=batch_size, lr=lr, grid=grid, solver=solver, loss=loss,
+                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every)
+    cfg.validate()
+    g = Guidance(guidance, guidance_form) if guidance is not None else None
+    with RP(TextColumn(f"[bold]train {target}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=_console(stderr=True)) as bar:
+        tid = bar.add_task("train", total=steps, info="")
+
+        def progress(step, loss_value, rate):
+            bar.update(tid, completed=step, info=f"loss {loss_value:.4g} · {rate:,.0f} samples/s")
+
+        side = train_student(cfg, teacher, out, g, conditional or None, resume, progress=progress)
+    print(f"student: {side}")
+
+
 @app.command("ls")
 @guarded
 def ls(runs_dir: Path = typer.Option(Path("runs"), help="Runs directory to list.")):
