@@ -75,8 +75,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise OdebenchError(f"cannot resume from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, conditional: bool,
-          resume: bool = False, progress: Callable[[int, float, float], None] | None = None,
+def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, resume: bool = False,
+          progress: Callable[[int, float, float], None] | None = None,
           export: Callable[[Path, torch.nn.Module, dict, int], Path] | None = None) -> Path:
     """Distil `teacher` into `model` (called as model(x, sigma, cond)); returns the student sidecar path."""
     cfg.validate()

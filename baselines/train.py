@@ -1,6 +1,7 @@
 """`odebench train cm|direct`: build the teacher, the student network and the data, then run the loop."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from baselines.data import MixtureData
+from baselines.data import ImageData, MixtureData
 from baselines.distill import DistillConfig, train
 from odebench.errors import OdebenchError
 from odebench.fileio import atomic_write_bytes
@@ -18,8 +19,9 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
                   resume: bool = False, hidden: int = 256, depth: int = 3,
                   progress: Callable[[int, float, float], None] | None = None) -> Path:
     """Distil a student for the teacher ODE (teacher, guidance, conditioning); returns its sidecar."""
-    from odebench.students.consistency import export_mlp_student
+    from odebench.students.consistency import export_mlp_student, export_unet_lcm_student
     from odebench.students.mlp import MLPConsistency
+    from odebench.students.unet_lcm import UNetLCM
     from odebench.teachers import load_teacher
 
     cfg.validate()
@@ -27,9 +29,9 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
     conditional = teacher.default_conditional if conditional is None else conditional
     if teacher.guidance.needs_uncond and not conditional:
         raise OdebenchError("classifier-free guidance needs class-conditional training (drop --uncond or set --guidance 1)")
-    if not hasattr(teacher, "mixture"):
-        raise OdebenchError(f"training students for the {teacher.name!r} teacher needs the UNet student, which is not built yet; "
-                            "GMM teachers (gmm, gmm64, JSON) are supported")
+    is_unet = hasattr(teacher, "unet")
+    if not (is_unet or hasattr(teacher, "mixture")):
+        raise OdebenchError(f"no student architecture for the {teacher.name!r} teacher")
     record = {"config": asdict(cfg), "teacher": teacher.fingerprint(), "guidance": teacher.guidance.to_dict(),
               "conditional": conditional, "hidden": hidden, "depth": depth}
     rec_path = out / "train_config.json"
@@ -42,10 +44,29 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
             raise OdebenchError(f"--resume: the flags differ from the run in {out}; resume with the same flags (only --steps may grow)")
     atomic_write_bytes(rec_path, (json.dumps(record, indent=1) + "\n").encode())
     torch.manual_seed(cfg.seed)
-    model = MLPConsistency(teacher.shape[0], teacher.sigma_data, teacher.sigma_min, hidden=hidden, depth=depth,
-                           num_classes=teacher.num_classes)
+    if is_unet:
+        # full fine-tune of a copy of the teacher's UNet in the LCM parameterisation (small domain)
+        model = UNetLCM(copy.deepcopy(teacher.unet).requires_grad_(True), teacher.alphas_cumprod, teacher.null_class)
+        data = ImageData(conditional)
 
-    def export(stem, m, training, step):
-        return export_mlp_student(stem, m, teacher, conditional, steps=1, training=training, step=step)
+        def export(stem, m, training, step):
+            return export_unet_lcm_student(stem, m, teacher, conditional, steps=1, training=training, step=step)
+    else:
+        model = MLPConsistency(teacher.shape[0], teacher.sigma_data, teacher.sigma_min, hidden=hidden, depth=depth,
+                               num_classes=teacher.num_classes)
+        data = MixtureData(teacher, conditional)
 
-    return train(cfg, teacher, model, MixtureData(teacher, conditional), out, conditional, resume, progress, export)
+        def export(stem, m, training, step):
+            return export_mlp_student(stem, m, teacher, conditional, steps=1, training=training, step=step)
+
+    return train(cfg, teacher, model, data, out, resume, progress, export)
+
+
+def ship_student(sidecar: Path, stem: Path) -> Path:
+    """Copy a trained student to `stem`.json/.safetensors (e.g. odebench/assets/students/cm), re-checksummed."""
+    from odebench.students.checkpoint import load_weights, read_sidecar, save_student
+
+    side = read_sidecar(Path(sidecar))
+    state = load_weights(Path(sidecar).parent / side["weights"], side.get("weights_sha256"))
+    fields = {k: v for k, v in side.items() if k not in ("format", "format_version", "weights", "weights_sha256")}
+    return save_student(stem, state, fields)

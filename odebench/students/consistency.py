@@ -27,7 +27,7 @@ class ConsistencyStudent(Student):
         self.rho = float(sampler.get("rho", 7.0))
         teacher_spec = sidecar["teacher"].get("spec") or {}
         self.sigma_min = float(sidecar["parameterisation"]["sigma_min"])
-        self.sigma_max = float(sampler.get("sigma_max", teacher_spec.get("sigma_max", 80.0)))
+        self.sigma_max = float(sampler.get("sigma_max", teacher_spec.get("sigma_max", 80.0) if isinstance(teacher_spec, dict) else 0.0))
         self.dtype = next(model.parameters()).dtype
         self.trained_for = {"teacher": sidecar["teacher"].get("name"), "fingerprint": sidecar["teacher"].get("fingerprint"),
                             "guidance": sidecar["guidance"], "conditional": bool(sidecar.get("conditional", False))}
@@ -43,9 +43,15 @@ class ConsistencyStudent(Student):
     @torch.no_grad()
     def sample(self, x_start, cond, noise: NoiseFn, steps=None):
         k = self.steps if steps is None else steps
-        # k levels from sigma_max, all strictly above sigma_min: the Karras grid of k+1 levels without
-        # its last one (at sigma_min, f is the identity and a step there would do nothing)
-        sigmas = karras_sigmas(k + 1, self.sigma_min, self.sigma_max, self.rho)[:-1]
+        if self.sidecar["sampler"].get("kind") == "lcm":
+            # the paper's LCM schedule: timesteps T, T - T/k, ..., T/k (1-indexed; t sits at sigma_{t-1})
+            total = int(self.sidecar["sampler"]["num_train_timesteps"])
+            t = torch.arange(total, 0, -(total // k))[:k]
+            sigmas = self.model.log_sigmas[t - 1].exp()
+        else:
+            # k levels from sigma_max, all strictly above sigma_min: the Karras grid of k+1 levels without
+            # its last one (at sigma_min, f is the identity and a step there would do nothing)
+            sigmas = karras_sigmas(k + 1, self.sigma_min, self.sigma_max, self.rho)[:-1]
         x0 = self(x_start, float(sigmas[0]), cond)
         for i in range(1, k):
             sig = float(sigmas[i])
@@ -74,5 +80,26 @@ def export_mlp_student(stem, model, teacher, conditional: bool, steps: int = 1,
         "training": training or {},
         "step": int(step),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+    return save_student(stem, model.state_dict(), sidecar)
+
+
+def export_unet_lcm_student(stem, model, teacher, conditional: bool, steps: int = 1,
+                            training: dict[str, Any] | None = None, step: int = 0):
+    """Write a UNetLCM student (odebench.students.unet_lcm) for a discrete UNet teacher's current ODE."""
+    from odebench.students.checkpoint import save_student
+
+    sidecar = {
+        "architecture": {"kind": "unet-lcm", "unet_config": dict(model.unet.config), "null_class": model.null_class,
+                         "schedule": teacher.schedule},
+        "parameterisation": {"kind": "lcm", "sigma_data": model.sigma_data, "timestep_scaling": model.timestep_scaling,
+                             "sigma_min": 0.0},
+        "sampler": {"kind": "lcm", "steps": int(steps), "num_train_timesteps": teacher.num_timesteps},
+        "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint(), "spec": teacher.spec()},
+        "guidance": teacher.guidance.to_dict(),
+        "conditional": bool(conditional),
+        "training": training or {},
+        "step": int(step),
+        "dtype": "float32",
     }
     return save_student(stem, model.state_dict(), sidecar)

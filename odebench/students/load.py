@@ -14,7 +14,19 @@ from odebench.students.solvers import SOLVER_KINDS
 from odebench.teachers.base import Guidance, Teacher
 
 SOLVER_RE = re.compile(r"^([a-z0-9]+):(.*)$")
-SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, or a student checkpoint (.json sidecar, weights file or directory)"
+SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, cm / direct (shipped digits students), or a student checkpoint (.json sidecar, weights file or directory)"
+
+
+SHIPPED = ("cm", "direct")  # digits students trained by `odebench train`, in odebench/assets/students
+
+
+def shipped_path(spec: str) -> str:
+    """A shipped student's sidecar path for its short name; other specs unchanged."""
+    if spec in SHIPPED:
+        from importlib import resources
+
+        return str(resources.files("odebench.assets").joinpath("students", f"{spec}.json"))
+    return spec
 
 
 def is_checkpoint_spec(spec: str) -> bool:
@@ -24,7 +36,7 @@ def is_checkpoint_spec(spec: str) -> bool:
 def checkpoint_sidecar(spec: str) -> tuple[Path, dict[str, Any]]:
     from odebench.students.checkpoint import read_sidecar, resolve_sidecar
 
-    path = Path(spec)
+    path = Path(shipped_path(spec))
     if not path.exists() and not any(spec.endswith(s) for s in (".json", ".safetensors", ".pt", ".pth", ".bin")) and "/" not in spec:
         raise OdebenchError(f"unknown student {spec!r}: expected {SPEC_HELP}")
     side_path = resolve_sidecar(path)
@@ -37,8 +49,20 @@ def build_model(side: dict[str, Any], source: Path) -> torch.nn.Module:
     arch = dict(side["architecture"])
     param = side["parameterisation"]
     kind = arch.pop("kind", None)
+    if kind == "unet-lcm" and param.get("kind") == "lcm":
+        from diffusers import UNet2DModel
+
+        from odebench.students.unet_lcm import UNetLCM
+        from odebench.teachers.unet import alphas_cumprod_from_schedule
+
+        try:
+            unet = UNet2DModel.from_config(arch["unet_config"])
+            return UNetLCM(unet, alphas_cumprod_from_schedule(arch["schedule"]), arch["null_class"],
+                           float(param["sigma_data"]), float(param["timestep_scaling"]))
+        except (TypeError, KeyError, ValueError) as e:
+            raise OdebenchError(f"{source}: malformed unet-lcm architecture ({e})") from None
     if kind != "mlp" or param.get("kind") != "edm-cm":
-        raise OdebenchError(f"{source}: unsupported student architecture {kind!r} / parameterisation {param.get('kind')!r} (this odebench knows mlp / edm-cm)")
+        raise OdebenchError(f"{source}: unsupported student architecture {kind!r} / parameterisation {param.get('kind')!r} (this odebench knows mlp / edm-cm and unet-lcm / lcm)")
     try:
         return MLPConsistency(sigma_data=float(param["sigma_data"]), sigma_min=float(param["sigma_min"]), **arch)
     except (TypeError, KeyError, ValueError) as e:
@@ -82,9 +106,10 @@ def load_student(spec: str, teacher: Teacher, reference: SolverSpec | None = Non
     if note and not allow_mismatch:
         raise OdebenchError(note + "; pass --allow-mismatch to score it against this teacher anyway")
     model = build_model(side, side_path)
-    if (model.dim,) != tuple(teacher.shape):
-        raise OdebenchError(f"{side_path.name} works on data of shape ({model.dim},), but teacher {teacher.name!r} has shape {tuple(teacher.shape)}")
-    if conditional and model.num_classes != teacher.num_classes:
+    shape = (model.dim,) if hasattr(model, "dim") else (model.unet.config.in_channels, model.unet.config.sample_size, model.unet.config.sample_size)
+    if tuple(shape) != tuple(teacher.shape):
+        raise OdebenchError(f"{side_path.name} works on data of shape {tuple(shape)}, but teacher {teacher.name!r} has shape {tuple(teacher.shape)}")
+    if conditional and getattr(model, "num_classes", teacher.num_classes) != teacher.num_classes:
         raise OdebenchError(f"{side_path.name} knows {model.num_classes} classes, but teacher {teacher.name!r} has {teacher.num_classes}")
     state = load_weights(side_path.parent / side["weights"], side.get("weights_sha256"))
     try:

@@ -25,6 +25,17 @@ def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def sigma_to_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """Fractional timestep of noise level(s) sigma: linear interpolation of log sigma over the
+    increasing table `log_sigmas` (clamped to its range), float64."""
+    ls = log_sigmas.to(sigma.device)
+    log_sigma = sigma.double().clamp(float(ls[0].exp()), float(ls[-1].exp())).log()
+    hi = torch.searchsorted(ls, log_sigma).clamp(1, ls.shape[0] - 1)
+    lo = hi - 1
+    w = (log_sigma - ls[lo]) / (ls[hi] - ls[lo])
+    return lo.double() + w.clamp(0, 1)
+
+
 class DiscreteVPTeacher(Teacher):
     """Subclasses implement `_model(x_in, t, cond)`: one pass of the network on VP input x_in at
     fractional timesteps t (B,), returning its raw prediction (eps or v)."""
@@ -50,12 +61,7 @@ class DiscreteVPTeacher(Teacher):
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep by linear interpolation of log sigma between trained timesteps (float64)."""
-        log_sigma = sigma.double().clamp(self.sigma_min, self.sigma_max).log()
-        ls = self.log_sigmas.to(log_sigma.device)
-        hi = torch.searchsorted(ls, log_sigma).clamp(1, ls.shape[0] - 1)
-        lo = hi - 1
-        w = (log_sigma - ls[lo]) / (ls[hi] - ls[lo])
-        return lo.double() + w.clamp(0, 1)
+        return sigma_to_timestep(sigma, self.log_sigmas)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of sigma_to_t: log sigma interpolated at fractional t."""

@@ -32,10 +32,23 @@ class UNetClassTeacher(DiscreteVPTeacher):
 
     default_conditional = True
     default_samples = 512  # cold default run within ~3 min on 2 CPU cores; FD stderr still reported
-    default_students = ("ddim:1", "ddim:2", "ddim:4", "ddim:8", "heun:4", "ref")
+    solver_rows = ("ddim:1", "ddim:2", "ddim:4", "ddim:8", "heun:4")
+
+    @property
+    def default_students(self) -> tuple[str, ...]:
+        """The solver rows, the shipped CM / Direct CM students distilled from this teacher, and ref."""
+        from odebench.students.load import SHIPPED, shipped_path
+
+        shipped = []
+        for name in SHIPPED:
+            path = Path(shipped_path(name))
+            if path.is_file() and json.loads(path.read_text())["teacher"].get("fingerprint") == self.fingerprint():
+                shipped.append(name)
+        return (*self.solver_rows, *shipped, "ref")
 
     def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction: str, num_classes: int, null_class: int,
-                 weights_sha256: str, name: str = "unet", guidance: Guidance | None = None, spec: Any = None) -> None:
+                 weights_sha256: str, name: str = "unet", guidance: Guidance | None = None, spec: Any = None,
+                 schedule: dict[str, Any] | None = None) -> None:
         super().__init__(alphas_cumprod, prediction)
         self.unet = unet.eval().requires_grad_(False)
         self.name = name
@@ -47,6 +60,7 @@ class UNetClassTeacher(DiscreteVPTeacher):
         self.default_guidance = guidance or Guidance(1.0, "imagen", "null")
         self.guidance = self.default_guidance
         self._spec = spec if spec is not None else name
+        self.schedule = schedule  # the sidecar's schedule description, recorded in students' sidecars
 
     @property
     def sigma_data(self) -> float:
@@ -115,4 +129,5 @@ def load_unet_teacher(sidecar_path: Path, name: str, spec: Any = None) -> UNetCl
     g = side.get("default_guidance", {"w": 1.0, "form": "imagen", "uncond": "null"})
     return UNetClassTeacher(unet, alphas_cumprod_from_schedule(schedule), schedule.get("prediction", "epsilon"),
                             side["num_classes"], side["null_class"], sha, name=name,
-                            guidance=Guidance.from_dict(g), spec=spec if spec is not None else name)
+                            guidance=Guidance.from_dict(g), spec=spec if spec is not None else name,
+                            schedule={k: schedule[k] for k in ("kind", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps")})
