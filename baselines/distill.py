@@ -2,13 +2,15 @@
 
 Each update: draw data x0 (and labels) and grid indices n ~ U{0..N-1} from one seeded generator,
 forward-noise x_n = x0 + sigma_n z (real data at t_n, not a teacher trajectory, as in the paper),
-form the target (CM or Direct CM), and regress f_student(x_n, t_n) onto it with L2 or pseudo-Huber
+form the target (CM or Direct CM; CM's target network is the student itself, as released with the
+paper, or an EMA of it with `ema` > 0), and regress f_student(x_n, t_n) onto it with L2 or pseudo-Huber
 sqrt(d^2 + c^2) - c. Checkpoints (model, optimiser, step, generator state) are written atomically
 every `checkpoint_every` steps; `resume` continues from the last one and, on CPU, reproduces an
 uninterrupted run bitwise. The result is a student in the odebench student format.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import time
@@ -41,6 +43,7 @@ class DistillConfig:
     huber_c: float = 0.001
     seed: int = 0
     checkpoint_every: int = 500
+    ema: float = 0.0  # CM target network: an EMA of the student with this decay; 0 = the student itself (paper)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -54,6 +57,8 @@ class DistillConfig:
                 raise OdebenchError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise OdebenchError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise OdebenchError(f"--ema must be in [0, 1), got {self.ema}")
 
 
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, c: float) -> torch.Tensor:
@@ -62,9 +67,12 @@ def distill_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, c: float) 
     return d2.mean() if kind == "l2" else (torch.sqrt(d2 + c * c) - c).mean()
 
 
-def _save_checkpoint(path: Path, model, opt, step: int, g: torch.Generator) -> None:
+def _save_checkpoint(path: Path, model, opt, step: int, g: torch.Generator, ema_model=None) -> None:
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": g.get_state()}, buf)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": g.get_state()}
+    if ema_model is not None:
+        state["ema"] = ema_model.state_dict()
+    torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -87,6 +95,7 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
+    ema_model = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     if resume:
         if not ckpt_path.is_file():
             raise OdebenchError(f"--resume: no checkpoint at {ckpt_path}")
@@ -95,14 +104,18 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
         step = int(state["step"])
+        if ema_model is not None:
+            ema_model.load_state_dict(state["ema"])
         if log_path.exists():  # drop log lines written after the checkpoint
             lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
             atomic_write_bytes(log_path, ("\n".join(lines) + "\n" if lines else "").encode())
     elif log_path.exists():
         log_path.unlink()
 
-    def student(x, idx, cond=None):
-        return model(x, grid.sigmas[idx].to(x.dtype), cond)
+    def student(x, idx, cond=None, net=model):
+        return net(x, grid.sigmas[idx].to(x.dtype), cond)
+
+    target_net = ema_model if ema_model is not None else model
 
     dtype = next(model.parameters()).dtype
     t_last = time.perf_counter()
@@ -114,7 +127,7 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
             z = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(dtype)
             x_n = x0 + grid.sigmas[n].to(dtype).reshape((-1,) + (1,) * (x0.dim() - 1)) * z
             if cfg.target == "cm":
-                target = cm_target(lambda x, i: student(x, i, cond), teacher, x_n, n, grid, cond, cfg.solver)
+                target = cm_target(lambda x, i: student(x, i, cond, target_net), teacher, x_n, n, grid, cond, cfg.solver)
             else:
                 target = direct_target(teacher, x_n, n, grid, cond, cfg.solver)
             model.train()
@@ -124,6 +137,10 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             model.eval()
+            if ema_model is not None:  # theta_ema <- mu theta_ema + (1 - mu) theta
+                with torch.no_grad():
+                    for pe, p in zip(ema_model.parameters(), model.parameters()):
+                        pe.lerp_(p, 1.0 - cfg.ema)
             step += 1
             now = time.perf_counter()
             rate = cfg.batch_size / max(now - t_last, 1e-9)
@@ -133,6 +150,6 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
                 progress(step, float(loss.detach()), rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 log.flush()
-                _save_checkpoint(ckpt_path, model, opt, step, g)
+                _save_checkpoint(ckpt_path, model, opt, step, g, ema_model)
     training = {**asdict(cfg), "grid": grid.describe(), "teacher": teacher.fingerprint()}
     return export(out / "student", model, training, step)

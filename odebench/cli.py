@@ -113,6 +113,7 @@ def train(
     conditional: bool = typer.Option(False, "--conditional", help="Class-conditional student."),
     seed: int = typer.Option(0, help="Seed of the data, noise and grid-index stream."),
     checkpoint_every: int = typer.Option(500, help="Write a resumable checkpoint every N steps."),
+    ema: float = typer.Option(0.0, help="CM target network = EMA of the student with this decay (0: the student itself, the paper's setting)."),
     out: Path = typer.Option(Path("students/run"), help="Output directory (checkpoint, log.jsonl, student.json/.safetensors)."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
 ):
@@ -124,7 +125,7 @@ def train(
     from odebench.teachers.base import Guidance
 
     cfg = DistillConfig(target=target, steps=steps, batch_size=batch_size, lr=lr, grid=grid, solver=solver, loss=loss,
-                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every)
+                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every, ema=ema)
     cfg.validate()
     g = Guidance(guidance, guidance_form) if guidance is not None else None
     with RP(TextColumn(f"[bold]train {target}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -139,3 +139,30 @@ def test_cli_train_then_run(tmp_path):
     assert (tmp_path / "d" / "student.json").is_file()
     bad = CliRunner().invoke(app, ["train", "nope", "--out", str(tmp_path / "e")])
     assert bad.exit_code == 2 and "unknown target" in bad.output
+
+
+def test_ema_target_network(tmp_path, monkeypatch):
+    """With --ema the CM target comes from an EMA copy; ema = 0 (default) uses the student itself."""
+    import baselines.distill as distill
+
+    calls = []
+    real = distill.cm_target
+
+    def spy(student, *a, **k):
+        calls.append(student)
+        return real(student, *a, **k)
+
+    monkeypatch.setattr(distill, "cm_target", spy)
+    torch.set_num_threads(1)
+    base = dict(target="cm", steps=6, batch_size=16, grid=10, checkpoint_every=3)
+    a = train_student(DistillConfig(**base), "gmm", tmp_path / "a", hidden=16, depth=1)
+    b = train_student(DistillConfig(**base, ema=0.9), "gmm", tmp_path / "b", hidden=16, depth=1)
+    assert len(calls) == 12
+    assert (tmp_path / "a" / "student.safetensors").read_bytes() != (tmp_path / "b" / "student.safetensors").read_bytes()
+    # resume with an EMA restores it: equal to the uninterrupted run
+    train_student(DistillConfig(**{**base, "steps": 3}, ema=0.9), "gmm", tmp_path / "c", hidden=16, depth=1)
+    c = train_student(DistillConfig(**base, ema=0.9), "gmm", tmp_path / "c", resume=True, hidden=16, depth=1)
+    assert (tmp_path / "b" / "student.safetensors").read_bytes() == (tmp_path / "c" / "student.safetensors").read_bytes()
+    assert a.exists() and b.exists() and c.exists()
+    with pytest.raises(OdebenchError, match="--ema"):
+        DistillConfig(target="cm", ema=1.0).validate()
