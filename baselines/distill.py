@@ -44,6 +44,8 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 500
     ema: float = 0.0  # CM target network: an EMA of the student with this decay; 0 = the student itself (paper)
+    lora_rank: int = 0  # UNet students: LoRA rank through peft (0 = full fine-tune)
+    lora_alpha: float = 0.0  # LoRA alpha (0 = the rank, as the paper's 64/64)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -57,6 +59,8 @@ class DistillConfig:
                 raise OdebenchError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise OdebenchError(f"--lr must be positive, got {self.lr}")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise OdebenchError("--lora-rank and --lora-alpha must be non-negative")
         if not 0.0 <= self.ema < 1.0:
             raise OdebenchError(f"--ema must be in [0, 1), got {self.ema}")
 

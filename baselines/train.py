@@ -15,6 +15,25 @@ from odebench.errors import OdebenchError
 from odebench.fileio import atomic_write_bytes
 
 
+# The paper's LoRA targets (attention projections, feed-forward, resnet convs, down/upsamplers,
+# time-embedding projections), as far as they exist in the UNet at hand.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                "conv_shortcut", "conv", "time_emb_proj", "linear_1", "linear_2")
+
+
+def with_lora(unet, rank: int, alpha: float):
+    """Wrap `unet` with peft LoRA adapters (B = 0 at start, so the student starts as the teacher)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise OdebenchError("--lora-rank needs peft: pip install 'odebench[train]'") from None
+    present = {name for name, _ in unet.named_modules()}
+    targets = [t for t in LORA_TARGETS if any(n == t or n.endswith("." + t) for n in present)]
+    torch.manual_seed(0)  # the LoRA A init, reproducibly
+    return get_peft_model(unet, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights="gaussian",
+                                           target_modules=targets))
+
+
 def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=None, conditional: bool | None = None,
                   resume: bool = False, hidden: int = 256, depth: int = 3,
                   progress: Callable[[int, float, float], None] | None = None) -> Path:
@@ -45,11 +64,16 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
     atomic_write_bytes(rec_path, (json.dumps(record, indent=1) + "\n").encode())
     torch.manual_seed(cfg.seed)
     if is_unet:
-        # full fine-tune of a copy of the teacher's UNet in the LCM parameterisation (small domain)
-        model = UNetLCM(copy.deepcopy(teacher.unet).requires_grad_(True), teacher.alphas_cumprod, teacher.null_class)
+        # a copy of the teacher's UNet in the LCM parameterisation: LoRA (peft) or a full fine-tune
+        unet = copy.deepcopy(teacher.unet).requires_grad_(True)
+        if cfg.lora_rank:
+            unet = with_lora(unet, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank)
+        model = UNetLCM(unet, teacher.alphas_cumprod, teacher.null_class)
         data = ImageData(conditional)
 
         def export(stem, m, training, step):
+            if cfg.lora_rank:  # ship plain UNet weights: LoRA merged in, no peft needed to load
+                m = UNetLCM(copy.deepcopy(m.unet).merge_and_unload(), teacher.alphas_cumprod, teacher.null_class)
             return export_unet_lcm_student(stem, m, teacher, conditional, steps=1, training=training, step=step)
     else:
         model = MLPConsistency(teacher.shape[0], teacher.sigma_data, teacher.sigma_min, hidden=hidden, depth=depth,

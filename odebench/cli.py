@@ -114,6 +114,8 @@ def train(
     seed: int = typer.Option(0, help="Seed of the data, noise and grid-index stream."),
     checkpoint_every: int = typer.Option(500, help="Write a resumable checkpoint every N steps."),
     ema: float = typer.Option(0.0, help="CM target network = EMA of the student with this decay (0: the student itself, the paper's setting)."),
+    lora_rank: int = typer.Option(0, help="UNet teachers: LoRA rank through peft (0: full fine-tune); merged into the shipped weights."),
+    lora_alpha: float = typer.Option(0.0, help="LoRA alpha (0: equal to the rank)."),
     out: Path = typer.Option(Path("students/run"), help="Output directory (checkpoint, log.jsonl, student.json/.safetensors)."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
 ):
@@ -125,7 +127,8 @@ def train(
     from odebench.teachers.base import Guidance
 
     cfg = DistillConfig(target=target, steps=steps, batch_size=batch_size, lr=lr, grid=grid, solver=solver, loss=loss,
-                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every, ema=ema)
+                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every, ema=ema,
+                        lora_rank=lora_rank, lora_alpha=lora_alpha)
     cfg.validate()
     g = Guidance(guidance, guidance_form) if guidance is not None else None
     with RP(TextColumn(f"[bold]train {target}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -166,3 +166,23 @@ def test_ema_target_network(tmp_path, monkeypatch):
     assert a.exists() and b.exists() and c.exists()
     with pytest.raises(OdebenchError, match="--ema"):
         DistillConfig(target="cm", ema=1.0).validate()
+
+
+def test_lora_student_changes_only_adapted_layers(tmp_path):
+    """LoRA through peft: only adapter weights train, and the merged student differs from the teacher
+    exactly in the targeted layers (conv_in / conv_out are not LoRA targets and stay bit-equal)."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    teacher = load_teacher("digits")
+    side = train_student(DistillConfig(target="cm", steps=3, batch_size=4, grid=10, checkpoint_every=3, lr=1e-2,
+                                       lora_rank=2), "digits", tmp_path / "lora", conditional=True)
+    w = load_file(str(tmp_path / "lora" / "student.safetensors"))
+    t = {f"unet.{k}": v for k, v in teacher.unet.state_dict().items()}
+    assert set(w) == set(t)  # plain UNet weights: no peft names survive the merge
+    assert torch.equal(w["unet.conv_in.weight"], t["unet.conv_in.weight"])
+    assert torch.equal(w["unet.conv_out.weight"], t["unet.conv_out.weight"])
+    changed = [k for k in w if not torch.equal(w[k], t[k])]
+    assert changed and all(any(p in k for p in ("to_", "conv1", "conv2", "conv_shortcut", "conv.", "time_emb_proj", "linear_")) for k in changed)
+    student, _ = __import__("odebench.students.load", fromlist=["load_student"]).load_student(str(side), teacher, conditional=True)
+    assert student.steps == 1
