@@ -50,6 +50,7 @@ import argparse
 import hashlib
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ import torch
 from odebench.fileio import atomic_write_bytes, file_sha256
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "odebench" / "assets" / "digits"
-CHECK_PNG = Path("/tmp/digits_teacher_check.png")
+CHECK_PNG = Path(tempfile.gettempdir()) / "digits_teacher_check.png"
 
 NUM_CLASSES = 10
 NULL_CLASS = 10
