@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from baselines.grids import grid_for
+from odebench.ode.paper_grid import grid_for
 from baselines.targets import SOLVERS, cm_target, direct_target
 from odebench.errors import OdebenchError
 from odebench.fileio import atomic_write_bytes

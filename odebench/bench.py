@@ -174,6 +174,13 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
                  "tight_solver": tight.spec.to_dict(), "tight_nfe_per_sample": tight.nfe_per_sample,
                  "definition": "MSE per element between the reference and a 10x tighter re-solve of the first n samples"}
 
+    ddim100 = None
+    if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
+        from odebench.ode.trajectories import grid_reference_set
+
+        with progress.task("DDIM-100 reference (paper)", n) as advance:
+            ddim100, ddim100_info = grid_reference_set(teacher, noise, conditions, n, cache, progress=advance)
+
     quality = quality_for(teacher, conditions, config.seed, n)
     ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
     outcomes = []
@@ -189,6 +196,11 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         t_sample = time.perf_counter() - t0
         sample_passes = teacher.counter.since(before).passes
         metrics = ode_error_metrics(x0, ref.x0, ref_identity)
+        if ddim100 is not None:
+            d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid, same noise; "
+                                     f"teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}")
+            metrics["ode_mse@ddim100"] = value("ode_mse@ddim100", d100["ode_mse@ref"].value, d100["ode_mse@ref"].stderr,
+                                               d100["ode_mse@ref"].identity, n)
         kstep = {}
         if student.variable_steps:
             for k in config.ksteps:
@@ -228,6 +240,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             "samples": n,
             "seeds": {**noise.describe(), "exact_samples": "stream_seed(seed, -1, 0)"},
             "reference": {"solver": spec.to_dict(), "description": spec.describe(), "floor": floor,
+                          "ddim100": ddim100_info if ddim100 is not None else None,
                           "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
             "nfe": {"student_per_sample": student_nfe, "student_teacher_passes": sample_passes,
                     "reference": ref.nfe_summary()},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 COLUMNS = {  # metric -> short header; the full names are in result.json and the README
-    "ode_mse@ref": "ODE mse", "ode_rel@ref": "ODE rel", "ode_mse@ref_curve_mean": "curve mse",
+    "ode_mse@ref": "ODE mse", "ode_mse@ddim100": "mse@ddim100", "ode_rel@ref": "ODE rel", "ode_mse@ref_curve_mean": "curve mse",
     "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID", "mode_coverage": "cover", "mode_precision": "prec",
     "fd_digits@real": "FD real", "fd_digits@teacher": "FD teacher", "precision_digits@real": "prec",
     "recall_digits@real": "recall", "label_adherence": "label", "confidence": "conf",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.distill import DistillConfig, distill_loss
-from baselines.grids import grid_for
+from odebench.ode.paper_grid import grid_for
 from baselines.targets import cm_target, direct_target, teacher_step
 from baselines.train import train_student
 from odebench.bench import RunConfig, run

@@ -52,6 +52,7 @@ def value(name: str, v: float, stderr: float | None, identity: str, n: int) -> M
 
 register("ode_mse@ref", False, "endpoint MSE per element between student sample and reference ODE solution (paper's ODE error)")
 register("ode_rmse@ref", False, "square root of ode_mse@ref")
+register("ode_mse@ddim100", False, "endpoint MSE per element against the teacher's DDIM solve on the paper's 100-point grid (the paper's metric)")
 register("ode_rel@ref", False, "relative endpoint error ||student - ref|| / ||ref|| over all samples")
 register("ode_mse@ref_curve_mean", False, "mean over sigma of the per-sigma consistency error curve")
 register("loglik", True, "mean log-density of samples under the true data mixture")

@@ -97,3 +97,36 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
         teacher_passes=spent.passes, teacher_nfe=spent.calls, cache_hits=cache.hits - hits0,
         cache_misses=cache.misses - miss0, cache_corrupt=cache.corrupt - corrupt0,
         seconds=time.perf_counter() - t0, chunks=chunks)
+
+
+def grid_reference_set(teacher: Teacher, noise: NoiseBank, conditions: Conditions, n: int, cache: TrajectoryCache,
+                       grid_n: int = 100, solver: str = "ddim", batch: int = 256,
+                       progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict]:
+    """The paper's ODE-error reference: the teacher's DDIM solve on its N-point grid from the same
+    noise (PAPER.md), chunked and cached like the converged reference."""
+    from odebench.ode.paper_grid import grid_for, solve_on_grid
+
+    grid = grid_for(teacher, grid_n)
+    before = teacher.counter.snapshot()
+    hits0 = cache.hits
+    outs = []
+    for lo in range(0, n, batch):
+        indices = range(lo, min(lo + batch, n))
+        payload = {"kind": "grid-reference", "ode": teacher.ode_identity(), "cond": conditions.key(indices),
+                   "seed": noise.seed, "start": lo, "stop": indices.stop, "shape": list(noise.shape),
+                   "grid": grid.describe(), "solver": solver}
+        key = cache_key(payload)
+        hit = cache.load(key)
+        if hit is not None:
+            x0 = hit[0]["x0"]
+        else:
+            x_start = initial_state(teacher, noise, indices, torch.float32)
+            x0 = solve_on_grid(teacher, x_start, torch.zeros(len(indices), dtype=torch.long), grid,
+                               conditions.tensor(indices), solver)
+            cache.store(key, payload, {"x0": x0}, {"nfe": grid_n})
+        outs.append(x0)
+        if progress is not None:
+            progress(len(indices))
+    info = {"grid": grid.describe(), "solver": solver, "nfe_per_sample": grid_n,
+            "teacher_evals_this_run": teacher.counter.since(before).calls, "cache_hits": cache.hits - hits0}
+    return torch.cat(outs), info

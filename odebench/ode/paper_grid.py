@@ -1,0 +1,80 @@
+"""The paper's grid t_0 > t_1 > ... > t_N: the trainers' distillation grid and the DDIM-100 reference.
+
+Discrete teachers use the paper's 1-indexed grid (PAPER.md): timesteps T, T - T/N, ..., T/N, 0;
+timestep t >= 1 sits at noise level sigma_{t-1} of the training schedule and t = 0 is sigma = 0
+(the x0 estimate). The LCM scalings see the integer t, as in the paper's code. Continuous
+teachers use the Karras schedule of N + 1 levels from sigma_max down to sigma_min.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from odebench.ode.grids import karras_sigmas
+
+
+@dataclass(frozen=True)
+class DistillGrid:
+    sigmas: torch.Tensor  # (N+1,) float64, descending; the last is 0 (discrete) or sigma_min
+    timesteps: torch.Tensor  # (N+1,) float64: the paper's integer t (discrete) or sigma (continuous)
+    kind: str
+
+    @property
+    def n(self) -> int:
+        return self.sigmas.shape[0] - 1
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "N": self.n, "first": float(self.timesteps[0]), "last": float(self.timesteps[-1])}
+
+
+def grid_for(teacher, n: int) -> DistillGrid:
+    if hasattr(teacher, "sigmas") and hasattr(teacher, "num_timesteps"):  # discrete VP teacher
+        total = teacher.num_timesteps
+        if total % n:
+            raise ValueError(f"grid size N={n} must divide the {total} training timesteps")
+        t = torch.arange(total, -1, -total // n, dtype=torch.float64)  # T, T - T/N, ..., 0
+        sig = torch.cat([teacher.sigmas[(t[:-1] - 1).long()], torch.zeros(1, dtype=torch.float64)])
+        return DistillGrid(sig, t, "discrete-1-indexed")
+    sig = karras_sigmas(n + 1, teacher.sigma_min, teacher.sigma_max)
+    return DistillGrid(sig, sig.clone(), "karras")
+
+
+GRID_SOLVERS = ("ddim", "euler", "heun")
+
+
+def teacher_step(teacher, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, cond, solver: str) -> torch.Tensor:
+    """One solver step of the teacher PF-ODE dx/dsigma = (x - D)/sigma from s to s_next (per item)."""
+    view = (-1,) + (1,) * (x.dim() - 1)
+    d = teacher.denoise(x, s.to(x.dtype), cond)
+    sv, nv = s.to(x.dtype).reshape(view), s_next.to(x.dtype).reshape(view)
+    x_euler = d + (nv / sv) * (x - d)  # DDIM: x_next = D + sigma_next/sigma (x - D)
+    if solver in ("ddim", "euler"):
+        return x_euler
+    # Heun (Karras Alg. 1): average the slopes at both ends where sigma_next > 0
+    positive = s_next > 0
+    if not bool(positive.any()):
+        return x_euler
+    d2 = teacher.denoise(x_euler, torch.where(positive, s_next, s).to(x.dtype), cond)
+    slope = (x - d) / sv
+    slope2 = (x_euler - d2) / torch.where(positive, s_next, s).to(x.dtype).reshape(view)
+    x_heun = x + (nv - sv) * 0.5 * (slope + slope2)
+    return torch.where(positive.reshape(view), x_heun, x_euler)
+
+
+@torch.no_grad()
+def solve_on_grid(teacher, x: torch.Tensor, n: torch.Tensor, grid: DistillGrid, cond, solver: str = "ddim") -> torch.Tensor:
+    """The teacher's grid solution from each item's own t_n to t_N (items already there stay put).
+    From n = 0 with DDIM on the 100-point grid this is the paper's ODE-error reference."""
+    x = x.clone()
+    for m in range(int(n.min()), grid.n):
+        active = n <= m
+        if not bool(active.any()):
+            continue
+        idx = active.nonzero().squeeze(1)
+        sub_cond = None if cond is None else cond[idx]
+        stepped = teacher_step(teacher, x[idx], grid.sigmas[torch.full_like(idx, m)], grid.sigmas[torch.full_like(idx, m + 1)],
+                               sub_cond, solver)
+        x = x.index_copy(0, idx, stepped.to(x.dtype))
+    return x
+
