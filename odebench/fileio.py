@@ -28,6 +28,21 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def read_json_object(path: Path | str, what: str) -> dict:
+    """A JSON object from `path`, or one OdebenchError line naming the file and what it should be."""
+    import json
+
+    from odebench.errors import OdebenchError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OdebenchError(f"{path}: unreadable {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise OdebenchError(f"{path}: a {what} must be a JSON object")
+    return data
+
+
 def file_sha256(path: Path | str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

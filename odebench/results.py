@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from odebench.errors import OdebenchError
+from odebench.fileio import read_json_object
 
 SCHEMA = "odebench.result/1"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -76,10 +77,7 @@ def read_result(path: Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "result.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise OdebenchError(f"{path}: unreadable result ({e})") from None
+    data = read_json_object(path, "result")
     if data.get("schema") != SCHEMA:
         raise OdebenchError(f"{path}: unknown result schema {data.get('schema')!r} (expected {SCHEMA})")
     return data

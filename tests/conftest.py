@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -21,3 +22,18 @@ def gaussian_teacher():
     from odebench.teachers.gmm import GMMTeacher
 
     return GMMTeacher([[1.0, -2.0, 0.5]], [0.3], name="gauss")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a single intra-op thread is faster and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """rich sizes tables to COLUMNS; wide enough that no header or cell is truncated."""
+    monkeypatch.setenv("COLUMNS", "250")

@@ -22,18 +22,7 @@ SAMPLES, CHUNK = 64, 32  # two reference chunks
 REAL_SOLVE = trajectories.solve_reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a single intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
 
 def config(tmp_path: Path, cache: Path, **kw) -> RunConfig:

@@ -61,19 +61,7 @@ def assert_nothing_written(out: Path) -> None:
         assert sorted(p.name for p in out.iterdir()) == []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a single intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """rich sizes tables to COLUMNS; wide enough that no header or cell is truncated."""
-    monkeypatch.setenv("COLUMNS", "250")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
 
 def read(run_dir: Path) -> dict:

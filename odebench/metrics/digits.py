@@ -25,7 +25,6 @@ torch is imported here at module level; other modules import this one lazily.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from functools import lru_cache
 from importlib import resources
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from odebench.errors import OdebenchError
+from odebench.fileio import read_json_object
 from odebench.metrics.features import check_images
 from odebench.metrics.registry import MetricValue, register, value
 from odebench.metrics.stats import mean_stderr
@@ -106,11 +106,8 @@ def load_digits_net() -> tuple[DigitsNet, dict[str, Any]]:
         raise OdebenchError(f"digits classifier sidecar not found: {side_file} ({hint})")
     if not weights_file.is_file():
         raise OdebenchError(f"digits classifier weights not found: {weights_file} ({hint})")
-    try:
-        side = json.loads(side_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OdebenchError(f"{side_file}: unreadable digits classifier sidecar ({e})") from None
-    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+    side = read_json_object(side_file, "digits classifier sidecar")
+    if side.get("format") != SIDECAR_FORMAT:
         raise OdebenchError(f"{side_file}: not a digits classifier sidecar (\"format\" must be \"{SIDECAR_FORMAT}\")")
     blob = weights_file.read_bytes()
     sha = hashlib.sha256(blob).hexdigest()

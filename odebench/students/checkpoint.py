@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.fileio import atomic_write_bytes, file_sha256
+from odebench.fileio import atomic_write_bytes, file_sha256, read_json_object
 
 FORMAT = "odebench-student"
 FORMAT_VERSION = 1
@@ -75,11 +75,8 @@ def _looks_like_sidecar(p: Path) -> bool:
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        side = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OdebenchError(f"{path}: unreadable student sidecar ({e})") from None
-    if not isinstance(side, dict) or side.get("format") != FORMAT:
+    side = read_json_object(path, "student sidecar")
+    if side.get("format") != FORMAT:
         raise OdebenchError(f"{path}: not an odebench student sidecar (\"format\" must be \"{FORMAT}\")")
     if side.get("format_version") != FORMAT_VERSION:
         raise OdebenchError(f"{path}: student format version {side.get('format_version')!r} is not supported (this odebench reads {FORMAT_VERSION})")

@@ -106,14 +106,11 @@ def load_unet_teacher(sidecar_path: Path, name: str, spec: Any = None) -> UNetCl
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
-    from odebench.fileio import file_sha256
+    from odebench.fileio import file_sha256, read_json_object
 
     if not sidecar_path.is_file():
         raise OdebenchError(f"teacher sidecar not found: {sidecar_path}")
-    try:
-        side = json.loads(sidecar_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise OdebenchError(f"{sidecar_path}: unreadable teacher sidecar ({e})") from None
+    side = read_json_object(sidecar_path, "teacher sidecar")
     if side.get("format") != TEACHER_FORMAT:
         raise OdebenchError(f"{sidecar_path}: not an odebench teacher sidecar (format must be {TEACHER_FORMAT!r})")
     weights = sidecar_path.parent / side["weights"]
