@@ -138,7 +138,10 @@ def _curve(student, ref, conditions, m: int) -> dict | None:
 
 
 def run(config: RunConfig, progress: Progress | None = None, command: list[str] | None = None) -> list[RunOutcome]:
-    """Score every student of `config` against one shared reference; one run directory each."""
+    """Score every student of `config` against one shared reference; one run directory each.
+
+    Under a multi-process launch every rank calls this: each computes its shard of every stage,
+    rank 0 scores and writes and returns the outcomes, other ranks return [] (odebench.distributed)."""
     from odebench.distributed import current
     from odebench.metrics.ode_error import ode_error_metrics, per_sample_se
     from odebench.metrics.registry import value

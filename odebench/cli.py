@@ -39,7 +39,10 @@ def guarded(fn):
                 print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
+            from odebench.distributed import is_main_process
+
+            if is_main_process():
+                print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
             raise typer.Exit(130)
 
     return wrapper

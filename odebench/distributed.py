@@ -96,7 +96,11 @@ class Distributed(Single):
     def __init__(self) -> None:
         import torch
         import torch.distributed as tdist
-        from accelerate import PartialState
+
+        try:
+            from accelerate import PartialState
+        except ImportError:
+            raise OdebenchError("a multi-process launch (WORLD_SIZE > 1) needs accelerate: pip install 'odebench[scale]'") from None
 
         # gloo on CPU, nccl on GPU (accelerate's choice), one device per local rank
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
@@ -149,7 +153,8 @@ class Distributed(Single):
         return sum(values)
 
     def describe(self):
-        return {"processes": self.world_size, "backend": self.backend, "device": self.device}
+        # not "device": that names where the numerics run, and they still run on the CPU
+        return {"processes": self.world_size, "backend": self.backend, "rank_device": self.device}
 
 
 _CURRENT: Single | None = None

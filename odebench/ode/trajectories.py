@@ -4,6 +4,8 @@ Chunk c covers indices [c*batch, (c+1)*batch): the batch that shares a step size
 SolverSpec, not by how a run is invoked, so an interrupted run resumes from its finished chunks
 and a warm rerun costs zero teacher evaluations. Only the first chunk also records states at the
 error-curve noise levels (forcing steps onto them costs NFEs), so curves use at most `batch` samples.
+A multi-process run gives each rank a run of whole chunks (`start` a chunk boundary) and merges the
+ranks' sets in index order (`merge_reference_sets`, see odebench.distributed).
 """
 from __future__ import annotations
 
