@@ -19,8 +19,10 @@ runs each stage on the whole index range and returns its one result.
 
 Errors: a stage's exception on any rank is exchanged at the stage's end and raised on every rank
 as one `ShardError` (a one-line OdebenchError naming the rank), so no rank waits for a peer that
-died; only rank 0 prints it. A process that dies outright is handled by the launcher, which stops
-the others.
+died; only rank 0 prints it. A process that dies outright, or rank 0 failing while it scores and
+writes (other ranks are then already sampling the next student), is handled by the launcher
+(torchrun / accelerate's elastic agent), which stops the other processes as soon as one exits
+non-zero.
 """
 from __future__ import annotations
 
