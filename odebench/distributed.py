@@ -134,6 +134,8 @@ class Distributed(Single):
                 traceback.print_exc(file=sys.stderr)  # an unexpected failure keeps its traceback on its own rank
         problems = [None] * self.world_size
         self._dist.all_gather_object(problems, problem, group=self._group)
+        if problems[0] is not None and all(p == problems[0] for p in problems):
+            raise ShardError(problems[0])  # every rank failed alike (e.g. bad input): no rank to name
         for rank, p in enumerate(problems):
             if p is not None:
                 raise ShardError(f"rank {rank}: {p}")

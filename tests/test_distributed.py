@@ -138,14 +138,16 @@ main()
 """
 
 
-@pytest.mark.parametrize("how", ["raise", "die"])
+@pytest.mark.parametrize("how", ["raise", "die", "bad-input"])
 def test_failing_rank_fails_fast(how, tmp_path):
     """A rank that raises: every rank stops at the stage's end, rank 0 prints one line. A rank that
-    dies outright: the launcher stops the rest. Either way nothing hangs and nothing is written."""
+    dies outright: the launcher stops the rest. Bad input fails every rank alike; rank 0 says it once.
+    Nothing hangs and nothing is written."""
     script = tmp_path / "fail.py"
     script.write_text(textwrap.dedent(FAIL_SCRIPT))
+    args = ["--teacher", "no-such-teacher"] if how == "bad-input" else CASES["gmm"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(script), "run", *CASES["gmm"], "--out", "runs"]
+           str(script), "run", *args, "--out", "runs"]
     proc, seconds = _run(cmd, tmp_path / "w", tmp_path / "cache", timeout=180, HOW=how)
     assert proc.returncode != 0
     assert not (tmp_path / "w" / "runs").exists() or not any((tmp_path / "w" / "runs").iterdir())
@@ -153,6 +155,8 @@ def test_failing_rank_fails_fast(how, tmp_path):
     if how == "raise":
         # our processes print one line (the launcher adds its own failure report after it)
         assert ours == ["error: rank 1: injected failure on this rank"], proc.stderr
+    elif how == "bad-input":
+        assert len(ours) == 1 and "no-such-teacher" in ours[0] and "rank" not in ours[0], proc.stderr
     else:
         assert ours == [], proc.stderr
     assert seconds < 120
