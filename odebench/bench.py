@@ -245,10 +245,11 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
                                                       None, ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
         t_curve = time.perf_counter() - t1
         extras: dict[str, Any] = {}
+        per_sample_quality: dict[str, Any] = {}
         t2 = time.perf_counter()
         if quality is not None:
             with progress.task(f"{student.name} quality metrics", 1) as advance:
-                qm, extras = quality.score(x0, ref.x0)
+                qm, extras, per_sample_quality = quality.score(x0, ref.x0)
                 advance(1)
             metrics.update(qm)
         t_quality = time.perf_counter() - t2
@@ -282,6 +283,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             "environment": {**environment(), **dist.describe()},
         }
         tensors = {"ode_se": torch.from_numpy(per_sample_se(x0, ref.x0)), "samples": x0.float()}
+        # per-sample quality scores, for reports that set ODE error against quality sample by sample
+        tensors.update({f"quality.{k}": torch.as_tensor(v, dtype=torch.float64) for k, v in per_sample_quality.items()})
         labels = conditions.tensor(range(n))
         if labels is not None:
             tensors["labels"] = labels

@@ -156,6 +156,100 @@ def train(
     print(f"student: {side}")
 
 
+@app.command()
+@guarded
+def report(
+    runs: Optional[List[str]] = typer.Argument(None, help="More runs to compare (names under --runs-dir, or run directories)."),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", "-c", help="Runs to compare side by side: `--compare cm direct` "
+                                                "(names under --runs-dir or run directories). Default: every run in --runs-dir."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run names are looked up."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table (terminal) | md | html | json."),
+    out: Optional[Path] = typer.Option(None, help="Output file (md: images go to <stem>_files/ beside it; html: one self-contained file). "
+                                                  "json without --out prints to stdout."),
+    ode_metric: str = typer.Option("ode_mse@ref", help="The ODE-error metric set against quality (e.g. ode_mse@ddim100)."),
+    include_oracle: bool = typer.Option(False, help="Keep the `ref` oracle row in the ODE-error-vs-quality analysis."),
+):
+    """Runs side by side: the best value per metric, comparability warnings, and whether lower ODE error
+    went with better samples (rank correlation with a bootstrap interval, plots)."""
+    from odebench.report.model import build_report
+    from odebench.report.render import json_text, print_report, write_html, write_json, write_markdown
+    from odebench.report.runs import find_runs
+
+    if fmt not in ("table", "md", "html", "json"):
+        raise OdebenchError(f"unknown --format {fmt!r} (choose table, md, html or json)")
+    if fmt in ("md", "html") and out is None:
+        raise OdebenchError(f"--format {fmt} writes files: give --out FILE")
+    if fmt == "table" and out is not None:
+        raise OdebenchError("--out needs --format md, html or json")
+    rep = build_report(find_runs(list(compare or []) + list(runs or []), runs_dir), ode_metric, include_oracle)
+    if fmt == "table":
+        print_report(_console(), rep)
+        return
+    if fmt == "json" and out is None:
+        sys.stdout.write(json_text(rep))
+        return
+    written = {"md": write_markdown, "html": write_html, "json": write_json}[fmt](rep, out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
+@guarded
+def regress(
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="Baseline JSON (e.g. reports/baseline.json)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="Read the suites' runs from this runs directory instead of recomputing them."),
+    suite: Optional[List[str]] = typer.Option(None, "--suite", help="Only these suites (repeatable)."),
+    update: bool = typer.Option(False, "--update", help="Deliberately rewrite the baseline: recompute each suite under several "
+                                                         "thread counts and batch sizes and set tolerances from the measured spread."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
+    show_all: bool = typer.Option(False, "--all", help="List every checked number, not only those that moved."),
+):
+    """Recompute a small deterministic benchmark and compare it with a committed baseline; exit 1 on a regression."""
+    from rich.table import Table
+
+    from odebench import regress as rg
+    from odebench.progress import RichProgress
+    from odebench.table import fmt
+
+    console = _console()
+    progress = RichProgress(_console(stderr=True))
+    if update:
+        if runs is not None:
+            raise OdebenchError("--update recomputes the suites (tolerances need several executions); drop --runs")
+        old = rg.read_baseline(baseline) if baseline.exists() else {"suites": rg.DEFAULT_SUITES}
+        new = rg.build_baseline(rg.select_suites(old, list(suite or [])), cache_dir, progress, log=console.print)
+        if suite:  # keep the suites not asked for
+            fresh = {s["name"]: s for s in new["suites"]}
+            new["suites"] = [fresh.get(s["name"], s) for s in old["suites"] if "runs" in s or s["name"] in fresh]
+        rg.write_baseline(baseline, new)
+        n = sum(len(r["metrics"]) for s in new["suites"] for r in s["runs"].values())
+        console.print(f"wrote {baseline}: {len(new['suites'])} suites, {n} numbers; {new['tolerance']}")
+        return
+    base = rg.read_baseline(baseline)
+    checks = []
+    for s in rg.select_suites(base, list(suite or [])):
+        now = rg.read_suite_runs(s, runs) if runs is not None else rg.compute_suite(s, cache_dir, progress=progress)
+        checks += rg.compare(s, now)
+    shown = [c for c in checks if show_all or c.status != "ok"]
+    if shown:
+        t = Table(title=f"odebench regress vs {baseline}")
+        for c in ("suite", "run", "metric", "baseline", "now", "|diff|", "allowed", "status"):
+            t.add_column(c, justify="right" if c in ("baseline", "now", "|diff|", "allowed") else "left")
+        for c in shown:
+            diff = None if c.baseline is None or c.now is None else abs(c.now - c.baseline)
+            style = "bold red" if c.failed else ("yellow" if c.status == "moved" else "")
+            t.add_row(c.suite, c.run, c.metric, fmt(c.baseline), fmt(c.now), fmt(diff), fmt(c.allowed),
+                      f"[{style}]{c.status}" if style else c.status)
+        console.print(t)
+    failed = [c for c in checks if c.failed]
+    count = {st: sum(c.status == st for c in checks) for st in ("ok", "moved", "new")}
+    console.print(f"{len(checks)} numbers checked: {count['ok']} unchanged, {count['moved']} moved within tolerance, "
+                  f"{count['new']} new (not in the baseline), {len(failed)} regressed or missing")
+    if failed:
+        print(f"regression: {', '.join(f'{c.suite}/{c.run}/{c.metric}' for c in failed[:5])}"
+              + (" ..." if len(failed) > 5 else ""), file=sys.stderr)
+        raise typer.Exit(1)
+
+
 @app.command("ls")
 @guarded
 def ls(runs_dir: Path = typer.Option(Path("runs"), help="Runs directory to list.")):

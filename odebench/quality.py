@@ -27,7 +27,8 @@ class MixtureQuality:
         self.exact = self.mixture.sample(component, g)
         self.ref_set = "exact data samples (same conditions, seed-derived)"
 
-    def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+    def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any], dict[str, np.ndarray]]:
+        """(metrics, extras for result.json, per-sample scores for per_sample.safetensors)."""
         from odebench.metrics.gmm_quality import mixture_quality
 
         return mixture_quality(samples, self.exact, self.mixture, self.mask, self.ref_set)
@@ -56,8 +57,9 @@ class DigitsQuality:
         self.real_halves_fd = fd_features(real[perm[:half]], real[perm[half:]])
         self._teacher_features: np.ndarray | None = None
 
-    def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
-        from odebench.metrics.digits import label_metrics
+    def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any], dict[str, np.ndarray]]:
+        """(metrics, extras for result.json, per-sample scores for per_sample.safetensors)."""
+        from odebench.metrics.digits import label_metrics, label_scores
         from odebench.metrics.distribution import distribution_metrics
 
         images = self.teacher.decode(samples)
@@ -66,11 +68,13 @@ class DigitsQuality:
             self._teacher_features = self.features(self.teacher.decode(reference))
         metrics = distribution_metrics(feats, self.real, "digits", self.features.identity, "real", self.REAL)
         metrics.update(distribution_metrics(feats, self._teacher_features, "digits", self.features.identity, "teacher", self.TEACHER))
+        per_sample: dict[str, np.ndarray] = {}
         if self.labels is not None:
-            metrics.update(label_metrics(images, self.labels.numpy()))
+            per_sample = label_scores(images, self.labels.numpy())
+            metrics.update(label_metrics(images, self.labels.numpy(), scores=per_sample))
         extras = {"fd_digits_real_halves": {"value": self.real_halves_fd, "n": len(self.real) // 2,
                                             "definition": "FD between two random halves of the held-out real digits"}}
-        return metrics, extras
+        return metrics, extras, per_sample
 
 
 def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int):

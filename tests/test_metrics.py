@@ -84,14 +84,19 @@ def test_mixture_quality_on_exact_samples_of_a_gaussian():
     g = torch.Generator().manual_seed(0)
     x = mix.sample(torch.zeros(4000, dtype=torch.long), g)
     exact = mix.sample(torch.zeros(4000, dtype=torch.long), g)
-    m, extras = mixture_quality(x, exact, mix, None, "exact")
+    m, extras, per_sample = mixture_quality(x, exact, mix, None, "exact")
     expected_ll = -d / 2 * (1 + math.log(2 * math.pi * s * s))
     assert abs(m["loglik"].value - expected_ll) < 4 * m["loglik"].stderr
+    # per-sample log-density: the closed-form Gaussian log-density of each point
+    xs = x.numpy()
+    exact_ll = -0.5 * (xs ** 2).sum(1) / s ** 2 - d / 2 * math.log(2 * math.pi * s * s)
+    np.testing.assert_allclose(per_sample["loglik"], exact_ll, rtol=1e-10, atol=1e-10)
+    assert per_sample["mode_precision"].mean() == pytest.approx(m["mode_precision"].value)
     assert abs(m["mode_precision"].value - 0.99) < 4 * m["mode_precision"].stderr
     assert m["mode_coverage"].value == 1.0
     assert abs(m["fd_exact"].value) < 0.02 and abs(m["kid_exact"].value) < 4 * m["kid_exact"].stderr + 1e-4
     # a shifted sample set is clearly worse on every count
-    bad, _ = mixture_quality(x + 3 * s, exact, mix, None, "exact")
+    bad, _, _ = mixture_quality(x + 3 * s, exact, mix, None, "exact")
     assert bad["loglik"].value < m["loglik"].value - 10
     assert bad["fd_exact"].value == pytest.approx(d * 9 * s * s, rel=0.05)
     assert bad["mode_precision"].value < 0.5
@@ -103,10 +108,10 @@ def test_mode_coverage_sees_a_missing_mode():
     g = torch.Generator().manual_seed(0)
     only_left = mix.sample(torch.zeros(500, dtype=torch.long), g)
     exact = mix.sample(torch.arange(500) % 2, g)
-    m, extras = mixture_quality(only_left, exact, mix, None, "exact")
+    m, extras, _ = mixture_quality(only_left, exact, mix, None, "exact")
     assert m["mode_coverage"].value == 0.5 and extras["mode_counts"][1] == 0 and 480 < extras["mode_counts"][0] <= 500
     # samples stranded between the modes cover nothing, though each has a most likely mode
-    between, _ = mixture_quality(torch.zeros(500, 2, dtype=torch.float64), exact, mix, None, "exact")
+    between, _, _ = mixture_quality(torch.zeros(500, 2, dtype=torch.float64), exact, mix, None, "exact")
     assert between["mode_coverage"].value == 0.0 and between["mode_precision"].value == 0.0
 
 

@@ -171,11 +171,11 @@ class DigitsFeatures:
         return _run(self.net, preprocess(images), "features").numpy().astype(np.float64)
 
 
-def label_metrics(images: np.ndarray, labels: np.ndarray, net: DigitsNet | None = None,
-                  sidecar: dict[str, Any] | None = None) -> dict[str, MetricValue]:
-    """label_adherence and confidence of uint8 RGB (N, 8, 8, 3) samples generated for `labels` (N,)."""
+def label_scores(images: np.ndarray, labels: np.ndarray, net: DigitsNet | None = None) -> dict[str, np.ndarray]:
+    """Per-sample label hit (argmax == requested label, 0/1) and confidence (max softmax probability)
+    of uint8 RGB (N, 8, 8, 3) samples generated for `labels` (N,)."""
     if net is None:
-        net, sidecar = _default_net()
+        net, _ = _default_net()
     x = preprocess(images)
     labels = np.asarray(labels)
     n = x.shape[0]
@@ -186,9 +186,20 @@ def label_metrics(images: np.ndarray, labels: np.ndarray, net: DigitsNet | None 
     if labels.min() < 0 or labels.max() >= net.head.out_features:
         raise ValueError(f"labels must lie in 0..{net.head.out_features - 1}")
     probs = torch.softmax(_run(net, x, "logits").double(), dim=1).numpy()
-    hit = (probs.argmax(axis=1) == labels).astype(np.float64)
-    p = float(hit.mean())
-    conf, conf_err = mean_stderr(probs.max(axis=1))
+    return {"label_adherence": (probs.argmax(axis=1) == labels).astype(np.float64), "confidence": probs.max(axis=1)}
+
+
+def label_metrics(images: np.ndarray, labels: np.ndarray, net: DigitsNet | None = None,
+                  sidecar: dict[str, Any] | None = None, scores: dict[str, np.ndarray] | None = None) -> dict[str, MetricValue]:
+    """label_adherence and confidence of uint8 RGB (N, 8, 8, 3) samples generated for `labels` (N,)
+    (means of `label_scores`; pass `scores` when they are already computed)."""
+    if net is None:
+        net, sidecar = _default_net()
+    if scores is None:
+        scores = label_scores(images, labels, net)
+    n = len(scores["confidence"])
+    p = float(scores["label_adherence"].mean())
+    conf, conf_err = mean_stderr(scores["confidence"])
     net_id = network_identity(sidecar) if sidecar and "architecture" in sidecar else "digits-cnn"
     return {
         "label_adherence": value("label_adherence", p, math.sqrt(p * (1 - p) / n),

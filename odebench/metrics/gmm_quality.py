@@ -14,8 +14,9 @@ from odebench.mixture import GaussianMixture
 
 
 def mixture_quality(samples: torch.Tensor, exact: torch.Tensor, mixture: GaussianMixture,
-                    mask: torch.Tensor | None, ref_set: str) -> tuple[dict[str, MetricValue], dict]:
-    """Log-likelihood, FD/KID to exact samples, mode coverage and precision.
+                    mask: torch.Tensor | None, ref_set: str) -> tuple[dict[str, MetricValue], dict, dict[str, np.ndarray]]:
+    """Log-likelihood, FD/KID to exact samples, mode coverage and precision; also the per-sample
+    log-likelihood and in-mode indicator (for per-sample ODE-error-vs-quality plots).
 
     `mask` (n, K) restricts each sample to its class's sub-mixture (None: the full mixture);
     `exact` are exact draws from the same (conditional) data distribution.
@@ -59,4 +60,4 @@ def mixture_quality(samples: torch.Tensor, exact: torch.Tensor, mixture: Gaussia
     }
     extras = {"per_mode_precision": per_mode_precision, "mode_counts": counts.tolist(),
               "expected_mode_counts": [float(e) for e in expected]}
-    return metrics, extras
+    return metrics, extras, {"loglik": ll, "mode_precision": inside.astype(np.float64)}
