@@ -106,16 +106,24 @@ def _run_names(config: RunConfig, students) -> list[str]:
     return names
 
 
-def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, advance, steps=None) -> torch.Tensor:
+def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, advance, steps=None,
+                    dist=None) -> torch.Tensor | None:
+    """Samples of indices [0, n) in batches [lo, lo + batch_size); sharded over ranks by whole batches
+    (so each batch is the single-process one) and gathered on rank 0 (None on other ranks)."""
+    from odebench.distributed import Single
     from odebench.ode.trajectories import initial_state
 
-    outs = []
-    for lo in range(0, n, batch_size):
-        idx = range(lo, min(lo + batch_size, n))
-        x_start = initial_state(teacher, noise, idx, dtype)
-        outs.append(student.sample(x_start, conditions.tensor(idx), lambda s, idx=idx: noise.draw(idx, s, dtype), steps))
-        advance(len(idx))
-    return torch.cat(outs)
+    def shard(indices: range) -> torch.Tensor:
+        outs = []
+        for lo in range(indices.start, indices.stop, batch_size):
+            idx = range(lo, min(lo + batch_size, indices.stop))
+            x_start = initial_state(teacher, noise, idx, dtype)
+            outs.append(student.sample(x_start, conditions.tensor(idx), lambda s, idx=idx: noise.draw(idx, s, dtype), steps))
+            advance(len(idx))
+        return torch.cat(outs)
+
+    parts = (dist or Single()).run(shard, n, batch_size)
+    return torch.cat(parts) if parts is not None else None
 
 
 def _curve(student, ref, conditions, m: int) -> dict | None:
@@ -130,7 +138,11 @@ def _curve(student, ref, conditions, m: int) -> dict | None:
 
 
 def run(config: RunConfig, progress: Progress | None = None, command: list[str] | None = None) -> list[RunOutcome]:
-    """Score every student of `config` against one shared reference; one run directory each."""
+    """Score every student of `config` against one shared reference; one run directory each.
+
+    Under a multi-process launch every rank calls this: each computes its shard of every stage,
+    rank 0 scores and writes and returns the outcomes, other ranks return [] (odebench.distributed)."""
+    from odebench.distributed import current
     from odebench.metrics.ode_error import ode_error_metrics, per_sample_se
     from odebench.metrics.registry import value
     from odebench.metrics.stats import mean_stderr
@@ -138,20 +150,25 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     from odebench.ode.grids import karras_sigmas
     from odebench.ode.noise import NoiseBank
     from odebench.ode.reference import DTYPE
-    from odebench.ode.trajectories import reference_set
+    from odebench.ode.trajectories import merge_reference_sets, reference_set
     from odebench.quality import quality_for
     from odebench.results import SCHEMA, environment, write_run
     from odebench.students.load import load_student
 
     t_start = time.perf_counter()
-    progress = progress or Progress()
+    dist = current()  # Single() unless launched as several processes (odebench.distributed)
+    progress = (progress or Progress()) if dist.is_main else Progress()  # bars on rank 0 only
     config.validate()
-    teacher, conditional, teacher_origin = _resolve_teacher(config)
-    specs = config.students or teacher.default_students
-    spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
-    loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch) for s in specs]
-    students = [s for s, _ in loaded]
-    names = _run_names(config, students)
+
+    def setup():
+        teacher, conditional, teacher_origin = _resolve_teacher(config)
+        spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
+        loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch)
+                  for s in (config.students or teacher.default_students)]
+        return teacher, conditional, teacher_origin, spec, loaded, _run_names(config, [s for s, _ in loaded])
+
+    # a failure on any rank fails every rank here, before any rank waits on another
+    teacher, conditional, teacher_origin, spec, loaded, names = dist.check(setup)
     n = config.samples if config.samples is not None else teacher.default_samples
 
     noise = NoiseBank(config.seed, teacher.shape)
@@ -161,14 +178,21 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         if config.curve_points else torch.empty(0, dtype=torch.float64)
     dtype = DTYPE[spec.dtype]
 
-    with progress.task("reference ODE", n) as advance:
-        ref = reference_set(teacher, spec, noise, conditions, n, cache, curve_sigmas, progress=advance)
+    # each stage runs on this rank's whole reference chunks / batches; ranks > 0 get None back
+    merged = lambda parts, merge: merge(parts) if parts is not None else None  # noqa: E731
+    with progress.task("reference ODE", len(dist.shard(n, spec.batch))) as advance:
+        ref = merged(dist.run(lambda idx: reference_set(teacher, spec, noise, conditions, len(idx), cache, curve_sigmas,
+                                                        start=idx.start, progress=advance), n, spec.batch),
+                     merge_reference_sets)
     m_floor = min(config.floor_samples, n)
     floor = None
     if m_floor:
-        with progress.task(f"reference floor ({spec.tighter().rtol:g})", m_floor) as advance:
-            tight = reference_set(teacher, spec.tighter(), noise, conditions, m_floor, cache,
-                                  torch.empty(0, dtype=torch.float64), progress=advance)
+        with progress.task(f"reference floor ({spec.tighter().rtol:g})", len(dist.shard(m_floor, spec.batch))) as advance:
+            tight = merged(dist.run(lambda idx: reference_set(teacher, spec.tighter(), noise, conditions, len(idx), cache,
+                                                              torch.empty(0, dtype=torch.float64), start=idx.start,
+                                                              progress=advance), m_floor, spec.batch),
+                           merge_reference_sets)
+    if m_floor and dist.is_main:
         f_val, f_err = mean_stderr(per_sample_se(ref.x0[:m_floor], tight.x0)) if m_floor > 1 else (float(per_sample_se(ref.x0[:1], tight.x0)[0]), float("nan"))
         floor = {"ode_mse": f_val, "stderr": None if math.isnan(f_err) else f_err, "n": m_floor,
                  "tight_solver": tight.spec.to_dict(), "tight_nfe_per_sample": tight.nfe_per_sample,
@@ -176,25 +200,33 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
 
     ddim100 = None
     if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
-        from odebench.ode.trajectories import grid_reference_set
+        from odebench.ode.trajectories import GRID_BATCH, grid_reference_set, merge_grid_references
 
-        with progress.task("DDIM-100 reference (paper)", n) as advance:
-            ddim100, ddim100_info = grid_reference_set(teacher, noise, conditions, n, cache, progress=advance)
+        with progress.task("DDIM-100 reference (paper)", len(dist.shard(n, GRID_BATCH))) as advance:
+            ddim100, ddim100_info = merged(dist.run(lambda idx: grid_reference_set(
+                teacher, noise, conditions, len(idx), cache, progress=advance, start=idx.start), n, GRID_BATCH),
+                merge_grid_references) or (None, None)
 
-    quality = quality_for(teacher, conditions, config.seed, n)
+    quality = dist.check(lambda: quality_for(teacher, conditions, config.seed, n) if dist.is_main else None)
     ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
     outcomes = []
     for (student, note), name in zip(loaded, names):
         t0 = time.perf_counter()
         before = teacher.counter.snapshot()
         if getattr(student, "is_reference", False):
-            x0, student_nfe = ref.x0, ref.nfe_per_sample
+            x0, student_nfe = (ref.x0, ref.nfe_per_sample) if dist.is_main else (None, None)
         else:
-            with progress.task(f"{student.name} samples", n) as advance:
-                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance)
+            with progress.task(f"{student.name} samples", len(dist.shard(n, config.batch_size))) as advance:
+                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance, dist=dist)
             student_nfe = student.nfe()
         t_sample = time.perf_counter() - t0
-        sample_passes = teacher.counter.since(before).passes
+        sample_passes = dist.sum(teacher.counter.since(before).passes)
+        # k-step samples are sampled by every rank; everything after them is rank 0's alone
+        xks = {k: _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, lambda k_=1: None,
+                                  steps=k, dist=dist)
+               for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
+        if not dist.is_main:
+            continue
         metrics = ode_error_metrics(x0, ref.x0, ref_identity)
         if ddim100 is not None:
             d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid, same noise; "
@@ -202,12 +234,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             metrics["ode_mse@ddim100"] = value("ode_mse@ddim100", d100["ode_mse@ref"].value, d100["ode_mse@ref"].stderr,
                                                d100["ode_mse@ref"].identity, n)
         kstep = {}
-        if student.variable_steps:
-            for k in config.ksteps:
-                if k != student.steps:
-                    xk = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, lambda k_=1: None, steps=k)
-                    kstep[k] = ode_error_metrics(xk, ref.x0, ref_identity + f"; student sampled with k={k}", suffix=f"[k={k}]")
-                    metrics.update({k_: v for k_, v in kstep[k].items() if k_.startswith("ode_mse")})
+        for k, xk in xks.items():
+            kstep[k] = ode_error_metrics(xk, ref.x0, ref_identity + f"; student sampled with k={k}", suffix=f"[k={k}]")
+            metrics.update({k_: v for k_, v in kstep[k].items() if k_.startswith("ode_mse")})
         t1 = time.perf_counter()
         # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
         curve = None if getattr(student, "is_reference", False) else _curve(student, ref, conditions, min(config.curve_samples, n))
@@ -251,7 +280,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             "flags": flags,
             "timings": {"sample_s": t_sample, "curve_s": t_curve, "quality_s": t_quality,
                         "reference_s": ref.seconds, "total_s": time.perf_counter() - t_start},
-            "environment": environment(),
+            "environment": {**environment(), **dist.describe()},
         }
         tensors = {"ode_se": torch.from_numpy(per_sample_se(x0, ref.x0)), "samples": x0.float()}
         # per-sample quality scores, for reports that set ODE error against quality sample by sample

@@ -31,10 +31,18 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except OdebenchError as e:
-            print(f"error: {e}", file=sys.stderr)
+            from odebench.distributed import is_main_process
+
+            # several processes fail together (same input, or a stage failure shared by odebench.distributed):
+            # rank 0 says it once
+            if is_main_process():
+                print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
+            from odebench.distributed import is_main_process
+
+            if is_main_process():
+                print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
             raise typer.Exit(130)
 
     return wrapper
@@ -89,11 +97,17 @@ def run(
                        batch_size=batch_size, curve_points=curve_points, curve_samples=curve_samples,
                        floor_samples=floor_samples, out=out, name=name, allow_mismatch=allow_mismatch,
                        cache_dir=cache_dir, use_cache=not no_cache)
+    from odebench.distributed import cpu_launch_hint, is_main_process
+
+    hint = cpu_launch_hint()
+    if hint:
+        print(f"warning: {hint}", file=sys.stderr)
     console = _console()
     outcomes = run_api(config, progress=RichProgress(_console(stderr=True)), command=["odebench", *sys.argv[1:]])
-    from odebench.table import print_run_table
+    if is_main_process():  # other ranks computed their shards; rank 0 wrote and reports the runs
+        from odebench.table import print_run_table
 
-    print_run_table(console, outcomes)
+        print_run_table(console, outcomes)
 
 
 @app.command()

@@ -4,6 +4,8 @@ Chunk c covers indices [c*batch, (c+1)*batch): the batch that shares a step size
 SolverSpec, not by how a run is invoked, so an interrupted run resumes from its finished chunks
 and a warm rerun costs zero teacher evaluations. Only the first chunk also records states at the
 error-curve noise levels (forcing steps onto them costs NFEs), so curves use at most `batch` samples.
+A multi-process run gives each rank a run of whole chunks (`start` a chunk boundary) and merges the
+ranks' sets in index order (`merge_reference_sets`, see odebench.distributed).
 """
 from __future__ import annotations
 
@@ -99,19 +101,23 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
         seconds=time.perf_counter() - t0, chunks=chunks)
 
 
+GRID_BATCH = 256  # chunk of the DDIM-100 reference (part of its cache key through start/stop)
+
+
 def grid_reference_set(teacher: Teacher, noise: NoiseBank, conditions: Conditions, n: int, cache: TrajectoryCache,
-                       grid_n: int = 100, solver: str = "ddim", batch: int = 256,
-                       progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict]:
+                       grid_n: int = 100, solver: str = "ddim", batch: int = GRID_BATCH,
+                       progress: Callable[[int], None] | None = None, start: int = 0) -> tuple[torch.Tensor, dict]:
     """The paper's ODE-error reference: the teacher's DDIM solve on its N-point grid from the same
-    noise (PAPER.md), chunked and cached like the converged reference."""
+    noise (PAPER.md), chunked and cached like the converged reference, for indices [start, start + n)
+    (`start` a multiple of `batch`, so a shard's chunks are the single-process ones)."""
     from odebench.ode.paper_grid import grid_for, solve_on_grid
 
     grid = grid_for(teacher, grid_n)
     before = teacher.counter.snapshot()
     hits0 = cache.hits
     outs = []
-    for lo in range(0, n, batch):
-        indices = range(lo, min(lo + batch, n))
+    for lo in range(start, start + n, batch):
+        indices = range(lo, min(lo + batch, start + n))
         payload = {"kind": "grid-reference", "ode": teacher.ode_identity(), "cond": conditions.key(indices),
                    "seed": noise.seed, "start": lo, "stop": indices.stop, "shape": list(noise.shape),
                    "grid": grid.describe(), "solver": solver}
@@ -130,3 +136,34 @@ def grid_reference_set(teacher: Teacher, noise: NoiseBank, conditions: Condition
     info = {"grid": grid.describe(), "solver": solver, "nfe_per_sample": grid_n,
             "teacher_evals_this_run": teacher.counter.since(before).calls, "cache_hits": cache.hits - hits0}
     return torch.cat(outs), info
+
+
+def merge_reference_sets(parts: list[ReferenceSet]) -> ReferenceSet:
+    """One ReferenceSet from the sets of consecutive index ranges (ranks' shards, in index order).
+
+    Counters add up (each chunk was solved or loaded by exactly one part); the curve states come from
+    the part holding chunk 0; seconds is the slowest part (the parts ran in parallel). One part is
+    returned as it is, so a single process is untouched."""
+    if len(parts) == 1:
+        return parts[0]
+    n = sum(p.x0.shape[0] for p in parts)
+    # per-sample NFE is an integer sum over chunks divided by n: undo each part's division exactly
+    nfe_total = sum(round(p.nfe_per_sample * p.x0.shape[0]) for p in parts)
+    first = parts[0]
+    return ReferenceSet(
+        x0=torch.cat([p.x0 for p in parts]), traj=first.traj, curve_sigmas=first.curve_sigmas, spec=first.spec,
+        nfe_per_sample=nfe_total / max(n, 1), accepted=sum(p.accepted for p in parts),
+        rejected=sum(p.rejected for p in parts), teacher_passes=sum(p.teacher_passes for p in parts),
+        teacher_nfe=sum(p.teacher_nfe for p in parts), cache_hits=sum(p.cache_hits for p in parts),
+        cache_misses=sum(p.cache_misses for p in parts), cache_corrupt=sum(p.cache_corrupt for p in parts),
+        seconds=max(p.seconds for p in parts), chunks=[c for p in parts for c in p.chunks])
+
+
+def merge_grid_references(parts: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:
+    """grid_reference_set results of consecutive index ranges -> one, counters summed."""
+    if len(parts) == 1:
+        return parts[0]
+    info = dict(parts[0][1])
+    for key in ("teacher_evals_this_run", "cache_hits"):
+        info[key] = sum(p[1][key] for p in parts)
+    return torch.cat([p[0] for p in parts]), info
