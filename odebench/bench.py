@@ -63,11 +63,11 @@ class RunOutcome:
 
 def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
     """The run's teacher, conditioning and where they came from (flag, student sidecar, default)."""
-    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec
+    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec, is_external_spec
     from odebench.teachers import DEFAULT_TEACHER, load_teacher
 
     teacher_spec, guidance, conditional, origin = config.teacher, None, None, "flag"
-    ckpts = [s for s in config.students if is_checkpoint_spec(s)]
+    ckpts = [s for s in config.students if is_checkpoint_spec(s) and not is_external_spec(s)]
     if ckpts:
         _, side = checkpoint_sidecar(ckpts[0])
         if teacher_spec is None:

@@ -209,3 +209,172 @@ def test_prompt_files(tmp_path):
     pc = PromptConditions(["a", "b", "c"])
     assert pc.tensor(range(5)).tolist() == [0, 1, 2, 0, 1] and pc.key(range(4)) == ["a", "b", "c", "a"]
     assert pc.describe()["num_prompts"] == 3 and pc.texts([4]) == ["b"]
+
+
+# ------------------------------------------------------------------------------ students --
+
+def _noises(n, b, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 4, LATENT, LATENT, generator=g) for _ in range(n)]
+
+
+def _patch_lcm_noise(monkeypatch, noises):
+    """diffusers' LCMScheduler.step draws its re-noising with randn_tensor: hand it ours, in order."""
+    import diffusers.schedulers.scheduling_lcm as sl
+
+    queue = list(noises)
+    monkeypatch.setattr(sl, "randn_tensor", lambda shape, **kw: queue.pop(0).to(kw.get("dtype") or torch.float32))
+    return queue
+
+
+def test_student_timesteps_match_lcmscheduler_and_the_paper():
+    from diffusers import LCMScheduler
+
+    from odebench.students.lcm_sdxl import LCM, PAPER, student_timesteps
+
+    sch = LCMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    for k in (1, 2, 3, 4, 6, 8):
+        sch.set_timesteps(k)
+        assert student_timesteps(LCM, k) == sch.timesteps.tolist()
+    assert student_timesteps(LCM, 4) == [999, 759, 499, 259]
+    assert [student_timesteps(PAPER, k) for k in (1, 2, 4)] == [[1000], [1000, 500], [1000, 750, 500, 250]]
+
+
+def test_guidance_embedding_matches_the_pipeline(pipe):
+    from odebench.teachers.sdxl import guidance_scale_embedding
+
+    w = torch.tensor([0.0, 2.5, 7.0])
+    for dim in (16, 17, 256):
+        torch.testing.assert_close(guidance_scale_embedding(w, dim), pipe.get_guidance_scale_embedding(w, dim), rtol=1e-5, atol=1e-5)
+
+
+def test_lcm_lora_sampling_agrees_with_diffusers_lcm_pipeline(sdxl_dir, lora_dir, base_teacher, monkeypatch):
+    """The same tiny SDXL, the same LCM-LoRA, the same noise: odebench's 4-step LCM sampler equals
+    StableDiffusionXLPipeline with LCMScheduler (no CFG), and the scheduler's own step."""
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline
+
+    from odebench.students.load import load_student
+
+    with pytest.raises(OdebenchError, match=r"U\[3, 15\].*no single reference ODE"):
+        load_student(str(lora_dir), base_teacher)
+    student, note = load_student(str(lora_dir), base_teacher, allow_mismatch=True)
+    assert "U[3, 15]" in note and student.timesteps() == [999, 759, 499, 259] and student.nfe() == 4
+    cond = torch.tensor([0, 1])
+    z = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(3))
+    noises = _noises(4, 2)
+    ours = student.sample(z * base_teacher.init_noise_scale(), cond, lambda j: noises[j])
+
+    lcm_pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_dir), local_files_only=True)
+    lcm_pipe.scheduler = LCMScheduler.from_config(lcm_pipe.scheduler.config)
+    lcm_pipe.load_lora_weights(str(lora_dir))
+    lcm_pipe.fuse_lora()
+    lcm_pipe.set_progress_bar_config(disable=True)
+    _patch_lcm_noise(monkeypatch, noises[1:])
+    theirs = lcm_pipe([CAPTIONS[0], CAPTIONS[1]], num_inference_steps=4, guidance_scale=1.0, latents=z.clone(),
+                      output_type="latent").images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert float((ours - theirs).abs().max()) < 1e-4 and float(ours.std()) > 0.1
+    # one-step: f at t = 999 by hand, c_skip on the VP latent (LCMScheduler.step)
+    ab = float(base_teacher.alphas_cumprod[999])
+    with torch.no_grad():
+        e, p = base_teacher.condition_inputs(cond, 2)
+        eps = student.unet(z, 999, encoder_hidden_states=e, added_cond_kwargs={"text_embeds": p, "time_ids": base_teacher.add_time_ids()[None].expand(2, -1)}).sample
+    c_skip, c_out = 0.25 / (9990 ** 2 + 0.25), 9990 / math.sqrt(9990 ** 2 + 0.25)
+    one = student.sample(z * base_teacher.init_noise_scale(), cond, lambda j: noises[j], steps=1)
+    torch.testing.assert_close(one, c_skip * z + c_out * (z - math.sqrt(1 - ab) * eps) / math.sqrt(ab), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the LoRA (random A and B) really changes the network; the teacher's UNet is untouched
+        eps_teacher = base_teacher.unet(z, 999, encoder_hidden_states=e, added_cond_kwargs={"text_embeds": p, "time_ids": base_teacher.add_time_ids()[None].expand(2, -1)}).sample
+    assert float((eps - eps_teacher).abs().max()) > 1e-2
+
+
+def test_lcm_sdxl_unet_agrees_with_the_pipeline_and_embeds_w_minus_one(sdxl_dir, base_teacher, tmp_path, monkeypatch):
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from odebench.students.load import load_student
+
+    folder = write_lcm_sdxl_unet(tmp_path / "lcm-sdxl")
+    # no flag: the embedded w follows the run's teacher ODE (imagen 9 -> lcm-form 8)
+    assert load_student(str(folder), base_teacher)[0].embed_w == 8.0
+    # --student-guidance 8 (imagen) = pipeline guidance_scale 8 = embedded lcm-form w 7; matches a w = 8 zero-uncond teacher
+    teacher8 = base_teacher.with_guidance(Guidance(8.0, "imagen", "zeros"))
+    student, note = load_student(str(folder), teacher8, student_guidance=Guidance(7.0, "lcm"))
+    assert note is None and student.embed_w == 7.0
+    with pytest.raises(OdebenchError, match="distilled for guidance"):
+        load_student(str(folder), base_teacher, student_guidance=Guidance(8.0))  # the run's teacher ODE is w = 9
+    cond = torch.tensor([2, 3])
+    z = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(4))
+    noises = _noises(3, 2, seed=5)
+    ours = student.sample(z * base_teacher.init_noise_scale(), cond, lambda j: noises[j], steps=3)
+    unet = UNet2DConditionModel.from_pretrained(str(folder))
+    p = StableDiffusionXLPipeline.from_pretrained(str(sdxl_dir), unet=unet, local_files_only=True)
+    p.scheduler = LCMScheduler.from_config(p.scheduler.config)
+    p.set_progress_bar_config(disable=True)
+    _patch_lcm_noise(monkeypatch, noises[1:])
+    theirs = p([CAPTIONS[2], CAPTIONS[3]], num_inference_steps=3, guidance_scale=8.0, latents=z.clone(), output_type="latent").images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_direct_cms_checkpoint_follows_the_released_convention(lora_dir, base_teacher, tmp_path):
+    """checkpoint-* of layer6ai-labs/direct-cms: the UNet sees the 1-indexed t, abar is read at t-1,
+    c_skip/c_out at t on the VP latent, timesteps [1000, 750, 500, 250]; trained for w = 9 imagen, zero uncond.
+    Checked against a few-line re-implementation of its LCM scheduler loop."""
+    import shutil
+
+    from odebench.students.load import load_student
+
+    ckpt = tmp_path / "run" / "checkpoint-250"
+    ckpt.mkdir(parents=True)
+    shutil.copy(lora_dir / "pytorch_lora_weights.safetensors", ckpt)
+    student, note = load_student(str(ckpt), base_teacher)
+    assert note is None and student.convention.name == "paper" and student.name == "checkpoint-250"
+    assert student.trained_for["guidance"]["imagen_w"] == 9.0
+    with pytest.raises(OdebenchError, match="distilled for guidance"):
+        load_student(str(ckpt), base_teacher.with_guidance(Guidance(3.0)))
+    cond = torch.tensor([1, 2])
+    z = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(6))
+    noises = _noises(4, 2, seed=7)
+    ours = student.sample(z * base_teacher.init_noise_scale(), cond, lambda j: noises[j], steps=4)
+
+    ac = base_teacher.alphas_cumprod.float()
+    e, p = base_teacher.condition_inputs(cond, 2)
+    ids = base_teacher.add_time_ids()[None].expand(2, -1)
+    x = z.clone()
+    ts = [1000, 750, 500, 250]
+    for i, t in enumerate(ts):
+        with torch.no_grad():
+            eps = student.unet(x, t, encoder_hidden_states=e, added_cond_kwargs={"text_embeds": p, "time_ids": ids}).sample
+        a = ac[t - 1]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        c_skip, c_out = 0.25 / ((10 * t) ** 2 + 0.25), 10 * t / ((10 * t) ** 2 + 0.25) ** 0.5
+        x0 = c_skip * x + c_out * x0
+        x = x0 if i == len(ts) - 1 else ac[ts[i + 1] - 1].sqrt() * x0 + (1 - ac[ts[i + 1] - 1]).sqrt() * noises[i + 1]
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_odebench_sdxl_student_round_trip(base_teacher, tmp_path):
+    """The odebench format with a UNet2DConditionModel: UNetLCM's convention (UNet at t-1, c_skip on the
+    VE state at the paper's t), loaded with no flags."""
+    from odebench.students.lcm_sdxl import export_sdxl_lcm_student
+    from odebench.students.load import load_student
+
+    unet = __import__("copy").deepcopy(base_teacher.unet)
+    torch.manual_seed(0)
+    for prm in unet.parameters():
+        prm.data.add_(0.01 * torch.randn_like(prm))
+    side = export_sdxl_lcm_student(tmp_path / "s", unet, base_teacher, steps=2)
+    data = json.loads(side.read_text())
+    assert data["architecture"]["unet_class"] == "UNet2DConditionModel" and data["architecture"]["kind"] == "unet-lcm"
+    student, note = load_student(str(side), base_teacher, conditional=True)
+    assert note is None and student.steps == 2 and student.timesteps() == [1000, 500]
+    x = torch.randn(2, 4, LATENT, LATENT) * 3
+    cond = torch.tensor([0, 3])
+    t = 500
+    s = float(base_teacher.sigmas[t - 1])
+    e, p = base_teacher.condition_inputs(cond, 2)
+    with torch.no_grad():
+        eps = unet(x / math.sqrt(1 + s * s), t - 1, encoder_hidden_states=e,
+                   added_cond_kwargs={"text_embeds": p, "time_ids": base_teacher.add_time_ids()[None].expand(2, -1)}).sample
+    c_skip, c_out = 0.25 / ((10 * t) ** 2 + 0.25), 10 * t / ((10 * t) ** 2 + 0.25) ** 0.5
+    torch.testing.assert_close(student(x, s, cond), c_skip * x + c_out * (x - s * eps), rtol=1e-4, atol=1e-4)
+    with pytest.raises(OdebenchError, match="trained for guidance"):
+        load_student(str(side), base_teacher.with_guidance(Guidance(2.0)), conditional=True)

@@ -104,14 +104,16 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of 1000 w (LCM's guidance embedding, Luo et al. 2023; the pipelines pass
     w = guidance_scale - 1, i.e. the LCM-form weight): [sin(1000 w f_k), cos(1000 w f_k)],
     f_k = 10000^(-k/(dim/2 - 1)), zero-padded to an odd dim."""
-    w = w.reshape(-1).double() * 1000.0
+    # float32 throughout, in the pipeline's order: sin(7000 f) is only float32-accurate to ~1e-4, and the
+    # student was trained on these float32 values
+    w = w.reshape(-1).float() * 1000.0
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * -(np.log(10000.0) / (half - 1)))
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
     emb = w[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb.float()
+    return emb
 
 
 class SDXLTeacher(DiscreteVPTeacher):
