@@ -126,7 +126,6 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4) -> Path:
     import copy
 
     from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -135,7 +134,9 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4) -> Path:
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                                                 "ff.net.2", "conv1", "conv2", "time_emb_proj"]))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # peft key layout throughout (convert_state_dict_to_diffusers would rename only the attention
+    # projections to the old lora.up/down names, and the loader then drops them)
+    layers = get_peft_model_state_dict(unet)
     StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
     return folder / "pytorch_lora_weights.safetensors"
 
