@@ -378,3 +378,55 @@ def test_odebench_sdxl_student_round_trip(base_teacher, tmp_path):
     torch.testing.assert_close(student(x, s, cond), c_skip * x + c_out * (x - s * eps), rtol=1e-4, atol=1e-4)
     with pytest.raises(OdebenchError, match="trained for guidance"):
         load_student(str(side), base_teacher.with_guidance(Guidance(2.0)), conditional=True)
+
+
+# ---------------------------------------------------------------------------- references --
+
+def test_paper_ddim100_reproduces_the_released_loop(base_teacher, pipe):
+    """Paper mode: DDIM on the 1-indexed 100-point grid, imagen w = 9, zero uncond, UNet given the
+    integer t while abar is read at t - 1 (the released scheduler_ddim.py), against a few-line loop."""
+    from odebench.ode.paper_grid import grid_for, solve_on_grid
+
+    teacher = base_teacher.with_timestep_shift(1)
+    cond = torch.tensor([0, 2])
+    z = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(8))
+    before = teacher.counter.snapshot()
+    ours = solve_on_grid(teacher, z * teacher.init_noise_scale(), torch.zeros(2, dtype=torch.long), grid_for(teacher, 100), cond)
+    spent = teacher.counter.since(before)
+    assert spent.calls == 100 and spent.passes == 400  # 100 steps x 2 samples x 2 CFG branches
+
+    with torch.no_grad():
+        pe, ne, pp, npp = pipe.encode_prompt([CAPTIONS[0], CAPTIONS[2]], device="cpu", do_classifier_free_guidance=True)
+    ids = torch.tensor([[16, 16, 0, 0, 16, 16]], dtype=torch.float32).expand(4, -1)
+    ac = pipe.scheduler.alphas_cumprod  # diffusers' float32 table
+    ts = list(range(1000, 0, -10))
+    x = z.clone()
+    for i, t in enumerate(ts):
+        with torch.no_grad():
+            out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([ne, pe]),
+                            added_cond_kwargs={"text_embeds": torch.cat([npp, pp]), "time_ids": ids}).sample
+        eps_u, eps_c = out.chunk(2)
+        eps = eps_u + 9.0 * (eps_c - eps_u)
+        a = ac[t - 1]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x = x0 if i == len(ts) - 1 else ac[ts[i + 1] - 1].sqrt() * x0 + (1 - ac[ts[i + 1] - 1]).sqrt() * eps
+    torch.testing.assert_close(ours, x, rtol=1e-3, atol=1e-3)
+    # the default grid (UNet at t - 1, consistent with sigma) is a different solve
+    plain = solve_on_grid(base_teacher, z * base_teacher.init_noise_scale(), torch.zeros(2, dtype=torch.long),
+                          grid_for(base_teacher, 100), cond)
+    assert float((plain - ours).abs().max()) > 1e-3
+    assert teacher.ode_identity()["timestep_shift"] == 1.0 and "timestep_shift" not in base_teacher.ode_identity()
+
+
+def test_reference_solve_counts_unet_passes(base_teacher):
+    from odebench.ode.reference import solve_reference
+    from odebench.ode.spec import SolverSpec
+
+    teacher = base_teacher.with_guidance(Guidance(3.0))
+    z = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(9))
+    before = teacher.counter.snapshot()
+    sol = solve_reference(teacher, z * teacher.init_noise_scale(), torch.tensor([0, 1]),
+                          SolverSpec(rtol=1e-3, atol=1e-3, dtype="float32"))
+    spent = teacher.counter.since(before)
+    assert sol.x0.dtype == torch.float32 and torch.isfinite(sol.x0).all()
+    assert spent.calls == sol.nfe and spent.passes == 2 * 2 * sol.nfe  # CFG doubles the UNet passes
