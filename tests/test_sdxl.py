@@ -430,3 +430,64 @@ def test_reference_solve_counts_unet_passes(base_teacher):
     spent = teacher.counter.since(before)
     assert sol.x0.dtype == torch.float32 and torch.isfinite(sol.x0).all()
     assert spent.calls == sol.nfe and spent.passes == 2 * 2 * sol.nfe  # CFG doubles the UNet passes
+
+
+# ------------------------------------------------------------------------------ the run --
+
+def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monkeypatch):
+    """`odebench run --teacher DIR --student LORA --student checkpoint-* --prompts FILE ...` through the
+    CLI: shared reference, paper-mode DDIM-100, decoded images, the four image metrics on tiny
+    backbones loaded from --*-weights files, the LCM-LoRA flagged as having no matching reference."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from odebench.cli import app
+    from tiny_backbones import write_tiny_aesthetic, write_tiny_clip, write_tiny_dinov2, write_tiny_inception
+
+    monkeypatch.setenv("ODEBENCH_WEIGHTS", str(tmp_path / "no-weights"))
+    write_tiny_inception(tmp_path / "inception.pt")
+    write_tiny_dinov2(tmp_path / "dinov2")
+    _, clip_path = write_tiny_clip(tmp_path)
+    write_tiny_aesthetic(tmp_path / "aesthetic.pth")
+    ckpt = tmp_path / "paper" / "checkpoint-100"
+    ckpt.mkdir(parents=True)
+    shutil.copy(lora_dir / "pytorch_lora_weights.safetensors", ckpt)
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS[:3]) + "\n")
+    common = ["run", "--teacher", str(sdxl_dir), "--prompts", str(tmp_path / "captions.txt"), "--samples", "4",
+              "--curve-points", "2", "--curve-samples", "2", "--floor-samples", "2", "--ref-batch", "4",
+              "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "runs")]
+    runner = CliRunner()
+    res = runner.invoke(app, [*common, "--student", str(lora_dir), "--student", str(ckpt), "--student", "ddim:2",
+                              "--allow-mismatch", "--fid-weights", str(tmp_path / "inception.pt"),
+                              "--dinov2-weights", str(tmp_path / "dinov2"), "--clip-weights", str(clip_path),
+                              "--clip-arch", "odebench-tiny-clip", "--aesthetic-weights", str(tmp_path / "aesthetic.pth")])
+    assert res.exit_code == 0, res.output
+    runs = tmp_path / "runs"
+    lora = json.loads((runs / lora_dir.name / "result.json").read_text())
+    paper = json.loads((runs / "checkpoint-100" / "result.json").read_text())
+    ddim = json.loads((runs / "ddim-2" / "result.json").read_text())
+    for r in (lora, paper, ddim):
+        assert {"ode_mse@ref", "ode_mse@ddim100", "fid@teacher", "fd_dinov2@teacher", "clip_score", "aesthetic"} <= set(r["metrics"])
+        assert r["conditioning"]["mode"] == "prompt" and r["conditioning"]["num_prompts"] == 3
+        assert "released code" in r["reference"]["ddim100"]["unet_timesteps"]
+        assert r["extras"]["skipped_metrics"] == {}
+    assert any(f.startswith("teacher-mismatch") and "U[3, 15]" in f for f in lora["flags"])
+    assert not any(f.startswith("teacher-mismatch") for f in paper["flags"])
+    assert paper["student"]["timesteps"] == [1000, 750, 500, 250] and lora["student"]["timesteps"] == [999, 759, 499, 259]
+    assert ddim["nfe"]["student_teacher_passes"] == 2 * 2 * 4  # 2 steps, CFG, 4 samples
+    assert 0.0 < lora["metrics"]["ode_mse@ref"]["value"] and lora["teacher"]["guidance"]["imagen_w"] == 9.0
+    assert (runs / "ddim-2" / "samples.png").is_file()
+    # auto metrics without weights: skipped, each with its reason, and the run still succeeds
+    res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "auto"])
+    assert res.exit_code == 0, res.output
+    auto = json.loads((runs / "auto" / "result.json").read_text())
+    assert set(auto["extras"]["skipped_metrics"]) == {"fid", "fd_dinov2", "clip_score", "aesthetic"}
+    assert "skipped fid" in res.output and "fid@teacher" not in auto["metrics"]
+    # an explicit selection is required: missing weights are a one-line error
+    res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "x", "--metrics", "fid"])
+    assert res.exit_code == 2 and "inception-2015-12-05.pt" in res.output
+    res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "x", "--metrics", "fidd"])
+    assert res.exit_code == 2 and "unknown metric" in res.output
+    res = runner.invoke(app, ["run", "--teacher", "gmm", "--prompts", str(tmp_path / "captions.txt"), "--samples", "4"])
+    assert res.exit_code == 2 and "text-conditioned" in res.output

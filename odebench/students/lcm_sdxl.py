@@ -250,6 +250,8 @@ def load_external_student(spec: str, teacher, *, steps: int | None = None, guida
     if found is None:
         raise OdebenchError(f"{spec}: not a LoRA file/folder, a UNet folder or a checkpoint-* directory")
     kind, path = found
+    if convention is not None and convention not in CONVENTIONS:
+        raise OdebenchError(f"unknown student convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
     if not isinstance(teacher, SDXLTeacher):
         raise OdebenchError(f"{spec} is an SDXL student ({kind}); this run's teacher is {teacher.name!r}: pass --teacher sdxl or a folder")
     conv = CONVENTIONS[convention] if convention else (PAPER if kind == "paper-lora" else LCM)
