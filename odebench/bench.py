@@ -47,6 +47,7 @@ class RunConfig:
     ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the teacher's
     metrics: str = "auto"  # image metrics of text-to-image teachers (odebench.quality.METRICS_HELP)
     metric_weights: dict[str, Any] = field(default_factory=dict)  # fid, dinov2, clip, clip_arch, aesthetic
+    fd_bootstrap: int = 10  # bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none)
 
     def validate(self) -> None:
         for attr in ("samples", "batch_size"):
@@ -61,6 +62,9 @@ class RunConfig:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a non-negative integer, got {v!r}")
         if any(k < 1 for k in self.ksteps):
             raise OdebenchError("k-step counts must be positive integers")
+        from odebench.quality import parse_metric_selection
+
+        parse_metric_selection(self.metrics)
         if self.ddim100_timesteps not in ("auto", "sigma", "paper"):
             raise OdebenchError(f"--ddim100-timesteps must be auto, sigma or paper, got {self.ddim100_timesteps!r}")
 
@@ -203,6 +207,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         if config.curve_points else torch.empty(0, dtype=torch.float64)
     dtype = DTYPE[spec.dtype]
 
+    # built before any solving: an explicitly requested metric without weights fails at once
+    quality = quality_for(teacher, conditions, config.seed, n, config.metrics, config.metric_weights,
+                          getattr(teacher, "device", None), config.fd_bootstrap)
     with progress.task("reference ODE", n) as advance:
         ref = reference_set(teacher, spec, noise, conditions, n, cache, curve_sigmas, progress=advance)
     m_floor = min(config.floor_samples, n)
@@ -225,8 +232,6 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             ddim100, ddim100_info = grid_reference_set(ddim_teacher, noise, conditions, n, cache, progress=advance)
         ddim100_info["unet_timesteps"] = ddim_timesteps
 
-    quality = quality_for(teacher, conditions, config.seed, n, config.metrics, config.metric_weights,
-                          getattr(teacher, "device", None))
     ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
     outcomes = []
     for (student, note), name in zip(loaded, names):

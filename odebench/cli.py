@@ -89,6 +89,7 @@ def run(
     clip_weights: Optional[str] = typer.Option(None, help="open_clip weights file or pretrained tag (default ViT-L/14 OpenAI)."),
     clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture (default ViT-L-14-quickgelu)."),
     aesthetic_weights: Optional[str] = typer.Option(None, help="LAION aesthetic predictor sac+logos+ava1-l14-linearMSE.pth."),
+    fd_bootstrap: int = typer.Option(10, help="Bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none; each costs one FD)."),
 ):
     """Score students against the teacher's reference PF-ODE solution; one result directory per student."""
     from odebench.bench import RunConfig, run as run_api
@@ -114,7 +115,7 @@ def run(
                        teacher_options=teacher_options,
                        student_guidance=Guidance(student_guidance, student_guidance_form) if student_guidance is not None else None,
                        student_convention=student_convention, ddim100_timesteps=ddim100_timesteps, metrics=metrics,
-                       metric_weights=weights)
+                       metric_weights=weights, fd_bootstrap=fd_bootstrap)
     console = _console()
     outcomes = run_api(config, progress=RichProgress(_console(stderr=True)), command=["odebench", *sys.argv[1:]])
     from odebench.table import print_run_table

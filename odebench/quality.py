@@ -75,11 +75,11 @@ class DigitsQuality:
 
 
 def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int, metrics: str = "auto",
-                weights: dict[str, Any] | None = None, device=None):
+                weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10):
     """The quality scorer for this teacher's domain, or None if it has none; `metrics` and `weights`
     select the real-weight image metrics of text-to-image teachers (see ImageQuality)."""
     if hasattr(teacher, "set_prompts"):  # text-to-image (SDXL)
-        return ImageQuality(teacher, conditions, n, metrics, weights, device)
+        return ImageQuality(teacher, conditions, n, metrics, weights, device, fd_bootstrap)
     if hasattr(teacher, "mixture"):
         return MixtureQuality(teacher, conditions, seed, n)
     if teacher.name == "digits":
@@ -114,8 +114,9 @@ class ImageQuality:
     TEACHER = "teacher samples (reference ODE endpoints, same seeds and prompts)"
 
     def __init__(self, teacher: Teacher, conditions, n: int, selection: str = "auto",
-                 weights: dict[str, Any] | None = None, device=None) -> None:
+                 weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10) -> None:
         mode, names = parse_metric_selection(selection)
+        self.fd_bootstrap = int(fd_bootstrap)
         weights = dict(weights or {})
         self.teacher = teacher
         self.prompts = conditions.texts(range(n)) if hasattr(conditions, "texts") else None
@@ -185,7 +186,7 @@ class ImageQuality:
                 ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
                 self._ref_features[key] = ext(ref_images)
             metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
-                                                self.TEACHER, fd_bootstrap=10, precision_recall=False))
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False))
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:

@@ -456,7 +456,7 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS[:3]) + "\n")
     common = ["run", "--teacher", str(sdxl_dir), "--prompts", str(tmp_path / "captions.txt"), "--samples", "4",
               "--curve-points", "2", "--curve-samples", "2", "--floor-samples", "2", "--ref-batch", "4",
-              "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "runs")]
+              "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--fd-bootstrap", "0", "--dtype", "fp32", "--out", str(tmp_path / "runs")]
     runner = CliRunner()
     res = runner.invoke(app, [*common, "--student", str(lora_dir), "--student", str(ckpt), "--student", "ddim:2",
                               "--allow-mismatch", "--fid-weights", str(tmp_path / "inception.pt"),
