@@ -77,6 +77,14 @@ def test_loads_through_the_diffusers_folder_and_hub_cache_layout(sdxl_dir, base_
     assert other.unet_dtype == torch.bfloat16 and other.shape == (4, 16, 8)
     assert other.add_time_ids().tolist() == [32, 16, 0, 0, 32, 16]
     assert other.fingerprint() != t.fingerprint()  # the output size is part of the ODE (add_time_ids)
+    other.set_prompts(CAPTIONS)
+    d = other.denoise(torch.randn(2, 4, 16, 8), torch.full((2,), 2.0), torch.tensor([0, 1]))
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()  # bf16 UNet, float32 ODE state
+    # a separate VAE (as the fp16-fix VAE) runs in the model dtype and is part of the identity
+    sep = load_teacher(str(sdxl_dir), device="cpu", dtype="bf16", vae=str(sdxl_dir / "vae"))
+    assert not sep.vae_fp32 and next(sep.vae.parameters()).dtype == torch.bfloat16 and "vae" in sep.identity
+    assert t.vae_fp32 and next(t.vae.parameters()).dtype == torch.float32
+    assert sep.decode(torch.randn(1, 4, LATENT, LATENT)).shape == (1, 16, 16, 3)
 
 
 def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
@@ -491,3 +499,21 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     assert res.exit_code == 2 and "unknown metric" in res.output
     res = runner.invoke(app, ["run", "--teacher", "gmm", "--prompts", str(tmp_path / "captions.txt"), "--samples", "4"])
     assert res.exit_code == 2 and "text-conditioned" in res.output
+
+
+def test_uncached_hub_student_is_a_one_line_error(base_teacher, lora_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from odebench.students.load import load_student
+
+    monkeypatch.setenv("ODEBENCH_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(OdebenchError) as e:
+        load_student("latent-consistency/lcm-lora-sdxl", base_teacher)
+    assert "latent-consistency/lcm-lora-sdxl" in str(e.value) and "nothing is downloaded" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(OdebenchError, match="unknown student convention"):
+        load_student(str(lora_dir), base_teacher, student_convention="nope")
+    # a declared convention and guidance make the LCM-LoRA comparable with the run's ODE
+    student, note = load_student(str(lora_dir), base_teacher, student_guidance=Guidance(8.0, "lcm"), student_convention="lcm")
+    assert note is None and student.trained_for["guidance"]["imagen_w"] == 9.0

@@ -41,8 +41,10 @@ def is_external_spec(spec: str) -> bool:
         return False
     try:
         return external_kind(spec) is not None
-    except OdebenchError:
-        return False
+    except OdebenchError:  # a hub id that is not on this machine: loading it gives the "put it here" error
+        from odebench.weights import _is_hub_id
+
+        return _is_hub_id(spec) and not Path(spec).exists()
 
 
 def checkpoint_sidecar(spec: str) -> tuple[Path, dict[str, Any]]:
