@@ -120,9 +120,11 @@ def build_tiny_sdxl(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4) -> Path:
+def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, released_layout: bool = False):
     """A non-trivial fake LCM-LoRA: peft LoRA with random (init_lora_weights=False) A and B, saved as
-    diffusers' pytorch_lora_weights.safetensors through StableDiffusionXLPipeline.save_lora_weights."""
+    diffusers' pytorch_lora_weights.safetensors through StableDiffusionXLPipeline.save_lora_weights.
+    released_layout: keys through convert_state_dict_to_diffusers, as direct-cms's save hook writes
+    them; then returns (path, the UNet's state dict with the LoRA merged by peft) for comparisons."""
     import copy
 
     from diffusers import StableDiffusionXLPipeline
@@ -134,11 +136,20 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4) -> Path:
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                                                 "ff.net.2", "conv1", "conv2", "time_emb_proj"]))
-    # peft key layout throughout (convert_state_dict_to_diffusers would rename only the attention
-    # projections to the old lora.up/down names, and the loader then drops them)
+    # default: peft key layout throughout (convert_state_dict_to_diffusers renames only the attention
+    # projections to the old lora.up/down names, which diffusers' own loader then drops)
     layers = get_peft_model_state_dict(unet)
+    if released_layout:
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        layers = convert_state_dict_to_diffusers(layers)
     StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
-    return folder / "pytorch_lora_weights.safetensors"
+    path = folder / "pytorch_lora_weights.safetensors"
+    if not released_layout:
+        return path
+    unet.fuse_lora()
+    unet.unload_lora()
+    return path, {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
 def write_lcm_sdxl_unet(folder: Path, seed: int = 5, time_cond_proj_dim: int = 16) -> Path:

@@ -322,6 +322,22 @@ def test_lcm_sdxl_unet_agrees_with_the_pipeline_and_embeds_w_minus_one(sdxl_dir,
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_direct_cms_checkpoint_layout_loads_every_lora_tensor(base_teacher, tmp_path):
+    """direct-cms saves convert_state_dict_to_diffusers(peft state): mixed key names. diffusers' loader alone
+    drops the renamed attention LoRAs; odebench's loader must reproduce peft's own merge exactly."""
+    from odebench.students.load import load_student
+
+    ckpt = tmp_path / "checkpoint-500"
+    _, merged = write_lcm_lora(base_teacher.unet, ckpt, released_layout=True)
+    student, _ = load_student(str(ckpt), base_teacher)
+    got = student.unet.state_dict()
+    assert set(got) == set(merged)
+    for k, v in merged.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    changed = [k for k, v in merged.items() if not torch.equal(v, base_teacher.unet.state_dict()[k])]
+    assert any("attn1.to_q" in k for k in changed) and any("conv1" in k for k in changed)
+
+
 def test_direct_cms_checkpoint_follows_the_released_convention(lora_dir, base_teacher, tmp_path):
     """checkpoint-* of layer6ai-labs/direct-cms: the UNet sees the 1-indexed t, abar is read at t-1,
     c_skip/c_out at t on the VP latent, timesteps [1000, 750, 500, 250]; trained for w = 9 imagen, zero uncond.

@@ -215,12 +215,23 @@ def _lora_unet(teacher, path: Path):
         raise OdebenchError(f"{weights}: only .safetensors LoRA files are loaded (a .bin file may hold pickled code)")
     unet = copy.deepcopy(teacher.unet)
     try:
+        from diffusers.utils import convert_unet_state_dict_to_peft
+        from peft.utils import get_peft_model_state_dict
+
         state, alphas = StableDiffusionXLPipeline.lora_state_dict(str(weights.parent), weight_name=weights.name,
                                                                   local_files_only=True)
-        unet_keys = {k: v for k, v in state.items() if k.startswith("unet.")}
-        if not unet_keys:
+        unet_sd = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+        if not unet_sd:
             raise OdebenchError(f"{weights}: no UNet LoRA weights in the file")
-        StableDiffusionXLPipeline.load_lora_into_unet(state, alphas, unet=unet, adapter_name="student")
+        # one key layout first: direct-cms saves convert_state_dict_to_diffusers(peft state), which renames
+        # only the attention projections (lora.down/up) and leaves the rest as lora_A/B; diffusers' loader
+        # then silently drops the renamed ones (measured with diffusers 0.42)
+        peft_sd = convert_unet_state_dict_to_peft(unet_sd)
+        StableDiffusionXLPipeline.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
+                                                      adapter_name="student")
+        loaded = len(get_peft_model_state_dict(unet, adapter_name="student"))
+        if loaded != len(peft_sd):
+            raise OdebenchError(f"{weights}: only {loaded} of {len(peft_sd)} LoRA tensors fit the teacher UNet")
         unet.fuse_lora(lora_scale=1.0)
         unet.unload_lora()
     except OdebenchError:
