@@ -120,11 +120,13 @@ def build_tiny_sdxl(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, released_layout: bool = False):
-    """A non-trivial fake LCM-LoRA: peft LoRA with random (init_lora_weights=False) A and B, saved as
-    diffusers' pytorch_lora_weights.safetensors through StableDiffusionXLPipeline.save_lora_weights.
-    released_layout: keys through convert_state_dict_to_diffusers, as direct-cms's save hook writes
-    them; then returns (path, the UNet's state dict with the LoRA merged by peft) for comparisons."""
+def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, layout: str = "peft"):
+    """A non-trivial fake LCM-LoRA: peft LoRA with random (init_lora_weights=False) A and B.
+
+    layout "peft": pytorch_lora_weights.safetensors through StableDiffusionXLPipeline.save_lora_weights
+    with peft keys (returns the path); "released": keys through convert_state_dict_to_diffusers, as
+    direct-cms's save hook writes them; "kohya": one lcm_kohya.safetensors with kohya keys and alphas.
+    The last two return (path, the UNet's state dict with the LoRA merged by peft) for comparisons."""
     import copy
 
     from diffusers import StableDiffusionXLPipeline
@@ -136,17 +138,26 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, released_la
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                                                 "ff.net.2", "conv1", "conv2", "time_emb_proj"]))
-    # default: peft key layout throughout (convert_state_dict_to_diffusers renames only the attention
+    # peft key layout throughout by default (convert_state_dict_to_diffusers renames only the attention
     # projections to the old lora.up/down names, which diffusers' own loader then drops)
     layers = get_peft_model_state_dict(unet)
-    if released_layout:
-        from diffusers.utils import convert_state_dict_to_diffusers
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "kohya":
+        from diffusers.utils import convert_state_dict_to_kohya
+        from safetensors.torch import save_file
 
-        layers = convert_state_dict_to_diffusers(layers)
-    StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
-    path = folder / "pytorch_lora_weights.safetensors"
-    if not released_layout:
-        return path
+        path = folder / "lcm_kohya.safetensors"
+        kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in layers.items()})
+        save_file({k: v.contiguous() for k, v in kohya.items()}, str(path))
+    else:
+        if layout == "released":
+            from diffusers.utils import convert_state_dict_to_diffusers
+
+            layers = convert_state_dict_to_diffusers(layers)
+        StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
+        path = folder / "pytorch_lora_weights.safetensors"
+        if layout == "peft":
+            return path
     unet.fuse_lora()
     unet.unload_lora()
     return path, {k: v.detach().clone() for k, v in unet.state_dict().items()}

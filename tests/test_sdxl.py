@@ -322,14 +322,17 @@ def test_lcm_sdxl_unet_agrees_with_the_pipeline_and_embeds_w_minus_one(sdxl_dir,
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_direct_cms_checkpoint_layout_loads_every_lora_tensor(base_teacher, tmp_path):
-    """direct-cms saves convert_state_dict_to_diffusers(peft state): mixed key names. diffusers' loader alone
-    drops the renamed attention LoRAs; odebench's loader must reproduce peft's own merge exactly."""
+@pytest.mark.parametrize("layout", ["released", "kohya"])
+def test_lora_layouts_load_every_tensor(base_teacher, tmp_path, layout):
+    """direct-cms saves convert_state_dict_to_diffusers(peft state): mixed key names, and diffusers' loader
+    alone drops the renamed attention LoRAs; kohya files carry alphas. odebench's loader must reproduce
+    peft's own merge exactly for both."""
     from odebench.students.load import load_student
 
     ckpt = tmp_path / "checkpoint-500"
-    _, merged = write_lcm_lora(base_teacher.unet, ckpt, released_layout=True)
-    student, _ = load_student(str(ckpt), base_teacher)
+    path, merged = write_lcm_lora(base_teacher.unet, ckpt, layout=layout)
+    student, _ = load_student(str(ckpt if layout == "released" else path), base_teacher, allow_mismatch=True)
+    assert student.convention.name == ("paper" if layout == "released" else "lcm")
     got = student.unet.state_dict()
     assert set(got) == set(merged)
     for k, v in merged.items():
