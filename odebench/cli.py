@@ -40,7 +40,8 @@ def guarded(fn):
     return wrapper
 
 
-STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path. "
+STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path | "
+                "SDXL: an LCM-LoRA, an LCM-SDXL UNet or a direct-cms checkpoint-* (path or cached hub id). "
                 "Solvers use the Karras grid (rho=7) of K levels sigma_max..sigma_min then a final step to 0; "
                 "ddim/euler cost K teacher evaluations, heun/dpm2 2K-1. Default: the teacher's default rows.")
 

@@ -14,7 +14,7 @@ from odebench.students.solvers import SOLVER_KINDS
 from odebench.teachers.base import Guidance, Teacher
 
 SOLVER_RE = re.compile(r"^([a-z0-9]+):(.*)$")
-SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, cm / direct (shipped digits students), or a student checkpoint (.json sidecar, weights file or directory)"
+SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, cm / direct (shipped digits students), a student checkpoint (.json sidecar, weights file or directory), or for SDXL an LCM-LoRA, an LCM-SDXL UNet folder or a direct-cms checkpoint-* folder (path or cached hub id)"
 
 
 SHIPPED = ("cm", "direct")  # digits students trained by `odebench train`, in odebench/assets/students
