@@ -183,10 +183,7 @@ def external_kind(spec: str) -> tuple[str, Path] | None:
     if not p.exists():
         if not _is_hub_id(spec):
             return None
-        try:
-            p = resolve_weights(spec, f"student {spec}", describe="a LoRA or UNet folder", flag="--student PATH")
-        except OdebenchError:
-            raise
+        p = resolve_weights(spec, f"student {spec}", describe="a LoRA or UNet folder", flag="--student PATH")
     if p.is_file():
         if p.suffix.lower() in (".safetensors", ".bin") and not p.with_suffix(".json").is_file():
             return ("lora", p)
