@@ -38,6 +38,16 @@ class RunConfig:
     allow_mismatch: bool = False
     cache_dir: Path | None = None
     use_cache: bool = True
+    # text-to-image (SDXL) teachers
+    prompts: str | None = None  # prompt file (.txt / .jsonl / .csv); None: the built-in list
+    prompt_column: str | None = None
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # vae, dtype, device, height, width, uncond
+    student_guidance: Guidance | None = None  # how an external SDXL student was distilled (else its convention)
+    student_convention: str | None = None  # lcm | paper | odebench: overrides the detected one
+    ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the teacher's
+    metrics: str = "auto"  # image metrics of text-to-image teachers (odebench.quality.METRICS_HELP)
+    metric_weights: dict[str, Any] = field(default_factory=dict)  # fid, dinov2, clip, clip_arch, aesthetic
+    fd_bootstrap: int = 10  # bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none)
 
     def validate(self) -> None:
         for attr in ("samples", "batch_size"):
@@ -52,6 +62,11 @@ class RunConfig:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a non-negative integer, got {v!r}")
         if any(k < 1 for k in self.ksteps):
             raise OdebenchError("k-step counts must be positive integers")
+        from odebench.quality import parse_metric_selection
+
+        parse_metric_selection(self.metrics)
+        if self.ddim100_timesteps not in ("auto", "sigma", "paper"):
+            raise OdebenchError(f"--ddim100-timesteps must be auto, sigma or paper, got {self.ddim100_timesteps!r}")
 
 
 @dataclass
@@ -63,11 +78,11 @@ class RunOutcome:
 
 def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
     """The run's teacher, conditioning and where they came from (flag, student sidecar, default)."""
-    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec
+    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec, is_external_spec
     from odebench.teachers import DEFAULT_TEACHER, load_teacher
 
     teacher_spec, guidance, conditional, origin = config.teacher, None, None, "flag"
-    ckpts = [s for s in config.students if is_checkpoint_spec(s)]
+    ckpts = [s for s in config.students if is_checkpoint_spec(s) and not is_external_spec(s)]
     if ckpts:
         _, side = checkpoint_sidecar(ckpts[0])
         if teacher_spec is None:
@@ -76,7 +91,8 @@ def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
         conditional = bool(side.get("conditional", False))
     if teacher_spec is None:
         teacher_spec, origin = DEFAULT_TEACHER, "default"
-    teacher = load_teacher(teacher_spec)
+    teacher = load_teacher(teacher_spec, **config.teacher_options)
+    _set_prompts(teacher, config)
     if config.guidance is not None:
         guidance = config.guidance
     if guidance is not None:
@@ -90,6 +106,35 @@ def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
     if teacher.guidance.needs_uncond and not conditional:
         raise OdebenchError("classifier-free guidance needs class-conditional sampling (drop --uncond or set --guidance 1)")
     return teacher, conditional, origin
+
+
+def _set_prompts(teacher: Teacher, config: RunConfig) -> None:
+    """Text-conditioned teachers get the run's prompt list; other teachers refuse prompt flags."""
+    if hasattr(teacher, "set_prompts"):
+        from odebench.prompts import load_prompts
+
+        teacher.set_prompts(load_prompts(config.prompts, config.prompt_column))
+    elif config.prompts is not None or config.prompt_column is not None:
+        raise OdebenchError(f"--prompts applies to text-conditioned teachers (sdxl), not {teacher.name!r}")
+
+
+def _conditions(teacher: Teacher, conditional: bool) -> Conditions:
+    """Prompt i mod P for text-conditioned teachers, label i mod C for class-conditional ones."""
+    if conditional and getattr(teacher, "prompts", None):
+        from odebench.conditions import PromptConditions
+
+        return PromptConditions(teacher.prompts)
+    return Conditions(teacher.num_classes if conditional else None)
+
+
+def _ddim100_teacher(teacher: Teacher, config: RunConfig) -> tuple[Teacher, str]:
+    """The teacher the DDIM-100 reference runs on, and how its UNet timesteps are chosen."""
+    mode = config.ddim100_timesteps
+    if mode == "auto":
+        mode = "paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma"
+    if mode == "paper":
+        return teacher.with_timestep_shift(1.0), "UNet given the integer t, abar at t-1 (the released code)"
+    return teacher, "UNet at t-1, consistent with sigma"
 
 
 def _run_names(config: RunConfig, students) -> list[str]:
@@ -163,8 +208,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     def setup():
         teacher, conditional, teacher_origin = _resolve_teacher(config)
         spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
-        loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch)
-                  for s in (config.students or teacher.default_students)]
+        loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch, config.student_guidance,
+                               config.student_convention) for s in (config.students or teacher.default_students)]
         return teacher, conditional, teacher_origin, spec, loaded, _run_names(config, [s for s, _ in loaded])
 
     # a failure on any rank fails every rank here, before any rank waits on another
@@ -172,12 +217,15 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     n = config.samples if config.samples is not None else teacher.default_samples
 
     noise = NoiseBank(config.seed, teacher.shape)
-    conditions = Conditions(teacher.num_classes if conditional else None)
+    conditions = _conditions(teacher, conditional)
     cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
     curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
         if config.curve_points else torch.empty(0, dtype=torch.float64)
     dtype = DTYPE[spec.dtype]
 
+    # built before any solving (rank 0 scores): an explicitly requested metric without weights fails at once
+    quality = dist.check(lambda: quality_for(teacher, conditions, config.seed, n, config.metrics, config.metric_weights,
+                                             getattr(teacher, "device", None), config.fd_bootstrap) if dist.is_main else None)
     # each stage runs on this rank's whole reference chunks / batches; ranks > 0 get None back
     merged = lambda parts, merge: merge(parts) if parts is not None else None  # noqa: E731
     with progress.task("reference ODE", len(dist.shard(n, spec.batch))) as advance:
@@ -202,12 +250,14 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
         from odebench.ode.trajectories import GRID_BATCH, grid_reference_set, merge_grid_references
 
+        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config)
         with progress.task("DDIM-100 reference (paper)", len(dist.shard(n, GRID_BATCH))) as advance:
             ddim100, ddim100_info = merged(dist.run(lambda idx: grid_reference_set(
-                teacher, noise, conditions, len(idx), cache, progress=advance, start=idx.start), n, GRID_BATCH),
+                ddim_teacher, noise, conditions, len(idx), cache, progress=advance, start=idx.start), n, GRID_BATCH),
                 merge_grid_references) or (None, None)
+        if ddim100_info is not None:
+            ddim100_info["unet_timesteps"] = ddim_timesteps
 
-    quality = dist.check(lambda: quality_for(teacher, conditions, config.seed, n) if dist.is_main else None)
     ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
     outcomes = []
     for (student, note), name in zip(loaded, names):
@@ -229,7 +279,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             continue
         metrics = ode_error_metrics(x0, ref.x0, ref_identity)
         if ddim100 is not None:
-            d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid, same noise; "
+            d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid ({ddim_timesteps}), same noise; "
                                      f"teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}")
             metrics["ode_mse@ddim100"] = value("ode_mse@ddim100", d100["ode_mse@ref"].value, d100["ode_mse@ref"].stderr,
                                                d100["ode_mse@ref"].identity, n)
@@ -292,8 +342,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         if hasattr(teacher, "decode"):  # image domains: a sample grid, one column per label
             from odebench.images import save_grid
 
-            images = teacher.decode(x0[:min(n, 100)])
-            grid = lambda d, images=images: save_grid(images, d / "samples.png", nrow=10)  # noqa: E731
+            images = teacher.decode(x0[:min(n, getattr(teacher, "grid_count", 100))])
+            grid = lambda d, images=images: save_grid(images, d / "samples.png", nrow=10,  # noqa: E731
+                                                      scale=getattr(teacher, "grid_scale", 4))
         path = write_run(Path(config.out), name, result, tensors, grid)
         outcomes.append(RunOutcome(name, path, result))
     return outcomes

@@ -48,7 +48,8 @@ def guarded(fn):
     return wrapper
 
 
-STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path. "
+STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path | "
+                "SDXL: an LCM-LoRA, an LCM-SDXL UNet or a direct-cms checkpoint-* (path or cached hub id). "
                 "Solvers use the Karras grid (rho=7) of K levels sigma_max..sigma_min then a final step to 0; "
                 "ddim/euler cost K teacher evaluations, heun/dpm2 2K-1. Default: the teacher's default rows.")
 
@@ -57,7 +58,7 @@ STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K 
 @guarded
 def run(
     student: Optional[List[str]] = typer.Option(None, "--student", "-s", help=STUDENT_HELP),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="digits | gmm | gmm64 | path to a teacher JSON. Default: the student checkpoint's teacher, else digits."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="digits | gmm | gmm64 | sdxl | path to a teacher JSON | an SDXL diffusers folder or cached hub id. Default: the student checkpoint's teacher, else digits."),
     samples: Optional[int] = typer.Option(None, help="Number of samples (noise seeds) per student (default: the teacher's: digits 512, gmm 1024)."),
     seed: int = typer.Option(0, help="Noise-bank seed: sample i's noise comes from (seed, i)."),
     name: Optional[str] = typer.Option(None, help="Run directory name (with several students: a prefix)."),
@@ -70,7 +71,7 @@ def run(
     rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
     atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
     time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
-    dtype: Optional[str] = typer.Option(None, help="Reference state dtype: float32 | float64 (default: the teacher's)."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | float64: reference state dtype (default: the teacher's); fp16 | bf16 | fp32: SDXL UNet weights (the ODE state stays float32)."),
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
@@ -80,6 +81,24 @@ def run(
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
+    prompts: Optional[str] = typer.Option(None, help="SDXL: prompt file (.txt one per line, .jsonl or .csv), or 'builtin' (16 captions; the default). Sample i gets prompt i mod P."),
+    prompt_column: Optional[str] = typer.Option(None, help="Column of a .jsonl/.csv prompt file (default: caption, text or prompt)."),
+    device: Optional[str] = typer.Option(None, help="SDXL: cuda | cpu (default: cuda when available)."),
+    vae: Optional[str] = typer.Option(None, help="SDXL: a separate VAE folder or hub id (e.g. the fp16-fix VAE, run in --dtype); default: the teacher's VAE in float32."),
+    uncond_embeddings: Optional[str] = typer.Option(None, "--uncond-embeddings", help="SDXL CFG uncond branch: zeros (the paper, default) | empty (the encoded empty prompt)."),
+    height: Optional[int] = typer.Option(None, help="SDXL output height in pixels (default 1024; sets add_time_ids)."),
+    width: Optional[int] = typer.Option(None, help="SDXL output width in pixels (default 1024)."),
+    student_guidance: Optional[float] = typer.Option(None, help="How an LCM-LoRA / LCM-SDXL / checkpoint-* student was distilled: its guidance weight (LCM-SDXL: the embedded one; pipeline guidance_scale = imagen w)."),
+    student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
+    student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
+    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (paper for SDXL)."),
+    metrics: str = typer.Option("auto", help="SDXL image metrics. auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
+    fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
+    dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),
+    clip_weights: Optional[str] = typer.Option(None, help="open_clip weights file or pretrained tag (default ViT-L/14 OpenAI)."),
+    clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture (default ViT-L-14-quickgelu)."),
+    aesthetic_weights: Optional[str] = typer.Option(None, help="LAION aesthetic predictor sac+logos+ava1-l14-linearMSE.pth."),
+    fd_bootstrap: int = typer.Option(10, help="Bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none; each costs one FD)."),
 ):
     """Score students against the teacher's reference PF-ODE solution; one result directory per student."""
     from odebench.bench import RunConfig, run as run_api
@@ -90,13 +109,22 @@ def run(
     if uncond and conditional:
         raise OdebenchError("--uncond and --conditional exclude each other")
     g = Guidance(guidance, guidance_form) if guidance is not None else None
-    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=dtype, batch=ref_batch,
-                      options=parse_solver_options(solver_option or []))
+    model_dtype = dtype if dtype in ("fp16", "bf16", "fp32") else None
+    teacher_options = {k: v for k, v in {"dtype": model_dtype, "device": device, "vae": vae, "height": height, "width": width,
+                                         "uncond": uncond_embeddings}.items() if v is not None}
+    weights = {k: v for k, v in {"fid": fid_weights, "dinov2": dinov2_weights, "clip": clip_weights, "clip_arch": clip_arch,
+                                 "aesthetic": aesthetic_weights}.items() if v is not None}
+    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=None if model_dtype else dtype,
+                      batch=ref_batch, options=parse_solver_options(solver_option or []))
     config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
                        conditional=False if uncond else (True if conditional else None), solver=spec,
                        batch_size=batch_size, curve_points=curve_points, curve_samples=curve_samples,
                        floor_samples=floor_samples, out=out, name=name, allow_mismatch=allow_mismatch,
-                       cache_dir=cache_dir, use_cache=not no_cache)
+                       cache_dir=cache_dir, use_cache=not no_cache, prompts=prompts, prompt_column=prompt_column,
+                       teacher_options=teacher_options,
+                       student_guidance=Guidance(student_guidance, student_guidance_form) if student_guidance is not None else None,
+                       student_convention=student_convention, ddim100_timesteps=ddim100_timesteps, metrics=metrics,
+                       metric_weights=weights, fd_bootstrap=fd_bootstrap)
     from odebench.distributed import cpu_launch_hint, is_main_process
 
     hint = cpu_launch_hint()

@@ -34,3 +34,25 @@ class Conditions:
         if self.num_classes is None:
             return {"mode": "unconditional"}
         return {"mode": "class", "assignment": "index mod num_classes", "num_classes": self.num_classes}
+
+
+class PromptConditions(Conditions):
+    """Text prompts assigned round-robin (prompt of sample i = i mod P); the tensor holds prompt
+    indices, which a text-conditioned teacher maps to its cached embeddings."""
+
+    def __init__(self, prompts) -> None:
+        super().__init__(len(prompts))
+        self.prompts = list(prompts)
+
+    def texts(self, indices) -> list[str]:
+        return [self.prompts[int(i) % len(self.prompts)] for i in indices]
+
+    def key(self, indices) -> Any:
+        """The cache key records the prompt texts, not just their positions in the list."""
+        return self.texts(indices)
+
+    def describe(self) -> dict[str, Any]:
+        from odebench.prompts import prompts_sha256
+
+        return {"mode": "prompt", "assignment": "index mod num_prompts", "num_prompts": len(self.prompts),
+                "prompts_sha256": prompts_sha256(self.prompts), "first": self.prompts[:3]}

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from odebench.conditions import Conditions
+from odebench.errors import OdebenchError
 from odebench.metrics.registry import MetricValue
 from odebench.ode.noise import stream_seed
 from odebench.teachers.base import Teacher
@@ -77,10 +78,127 @@ class DigitsQuality:
         return metrics, extras, per_sample
 
 
-def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int):
-    """The quality scorer for this teacher's domain, or None if it has none."""
+def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int, metrics: str = "auto",
+                weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10):
+    """The quality scorer for this teacher's domain, or None if it has none; `metrics` and `weights`
+    select the real-weight image metrics of text-to-image teachers (see ImageQuality)."""
+    if hasattr(teacher, "set_prompts"):  # text-to-image (SDXL)
+        return ImageQuality(teacher, conditions, n, metrics, weights, device, fd_bootstrap)
     if hasattr(teacher, "mixture"):
         return MixtureQuality(teacher, conditions, seed, n)
     if teacher.name == "digits":
         return DigitsQuality(teacher, conditions, n)
     return None
+
+
+IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic")
+METRICS_HELP = ("auto: every image metric whose weights are found (the others are listed as skipped, with why); "
+                "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic (each required)")
+
+
+def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
+    """("auto" | "ode" | "list", metrics) from --metrics."""
+    s = (selection or "auto").strip()
+    if s in ("auto", "all"):
+        return "auto", IMAGE_METRICS
+    if s in ("ode", "none"):
+        return "ode", ()
+    names = tuple(n.strip() for n in s.split(",") if n.strip())
+    unknown = [n for n in names if n not in IMAGE_METRICS]
+    if unknown or not names:
+        raise OdebenchError(f"unknown metric(s) {', '.join(unknown) or s!r} in --metrics: {METRICS_HELP}")
+    return "list", names
+
+
+class ImageQuality:
+    """Text-to-image domains (SDXL): latents decoded to uint8 images in memory; FID and FD-DINOv2
+    against the teacher's own reference-ODE samples from the same seeds and prompts (the paper's
+    protocol), CLIP score of each sample against its prompt, and the LAION aesthetic score."""
+
+    TEACHER = "teacher samples (reference ODE endpoints, same seeds and prompts)"
+
+    def __init__(self, teacher: Teacher, conditions, n: int, selection: str = "auto",
+                 weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10) -> None:
+        mode, names = parse_metric_selection(selection)
+        self.fd_bootstrap = int(fd_bootstrap)
+        weights = dict(weights or {})
+        self.teacher = teacher
+        self.prompts = conditions.texts(range(n)) if hasattr(conditions, "texts") else None
+        self.skipped: dict[str, str] = {}
+        self.extractors: dict[str, Any] = {}
+        self.clip = None
+        self.aesthetic = None
+        builders = {
+            "fid": lambda: self._inception(weights.get("fid"), device),
+            "fd_dinov2": lambda: self._dinov2(weights.get("dinov2"), device),
+            "clip_score": lambda: self._clip(weights, device),
+            "aesthetic": lambda: self._aesthetic(weights, device),
+        }
+        for name in names:
+            if name == "clip_score" and self.prompts is None:
+                self.skipped[name] = "no prompts"
+                continue
+            try:
+                builders[name]()
+            except OdebenchError as e:
+                if mode == "list":
+                    raise
+                self.skipped[name] = str(e)
+        self._ref_features: dict[str, np.ndarray] = {}
+
+    def _inception(self, path, device):
+        from odebench.metrics.inception import InceptionFeatures
+
+        self.extractors["inception"] = InceptionFeatures(path, device=device)
+
+    def _dinov2(self, path, device):
+        from odebench.metrics.dinov2 import DinoV2Features
+
+        self.extractors["dinov2"] = DinoV2Features(path, device=device)
+
+    def _clip(self, weights, device):
+        if self.clip is None:
+            from odebench.metrics.clip import DEFAULT_ARCH, ClipScorer
+
+            self.clip = ClipScorer(weights.get("clip_arch") or DEFAULT_ARCH, weights.get("clip"), device=device)
+        return self.clip
+
+    def _aesthetic(self, weights, device):
+        from odebench.metrics.aesthetic import AestheticScorer
+
+        try:
+            clip = self._clip(weights, device)
+        except OdebenchError as e:
+            raise OdebenchError(f"the aesthetic score needs CLIP ViT-L/14: {e}") from None
+        self.aesthetic = AestheticScorer(weights.get("aesthetic"), clip=clip)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.extractors or self.clip is not None)
+
+    def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any], dict[str, np.ndarray]]:
+        """(metrics, extras for result.json, per-sample scores for per_sample.safetensors)."""
+        from odebench.metrics.distribution import distribution_metrics
+
+        extras: dict[str, Any] = {"skipped_metrics": dict(self.skipped)}
+        metrics: dict[str, MetricValue] = {}
+        per_sample: dict[str, np.ndarray] = {}
+        if not self.active:
+            return metrics, extras, per_sample
+        images = self.teacher.decode(samples)
+        ref_images = None
+        for key, ext in self.extractors.items():
+            if key not in self._ref_features:
+                ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
+                self._ref_features[key] = ext(ref_images)
+            metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False))
+        if self.clip is not None:
+            emb = self.clip.image_embeddings(images)
+            if "clip_score" not in self.skipped and self.prompts is not None:
+                metrics["clip_score"] = self.clip.clip_score(images, self.prompts[:len(images)], image_embeddings=emb)
+                per_sample["clip_score"] = self.clip.cosines(images, self.prompts[:len(images)], image_embeddings=emb)
+            if self.aesthetic is not None:
+                metrics["aesthetic"] = self.aesthetic.aesthetic_score(images, image_embeddings=emb)
+                per_sample["aesthetic"] = self.aesthetic.scores_from_embeddings(emb)
+        return metrics, extras, per_sample

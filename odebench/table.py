@@ -53,6 +53,10 @@ def print_run_table(console, outcomes) -> None:
     halves = first.get("extras", {}).get("fd_digits_real_halves")
     if halves:
         console.print(f"FD between two halves of the held-out real digits (n={halves['n']} each): {fmt(halves['value'])}")
+    skipped = first.get("extras", {}).get("skipped_metrics")
+    if skipped:
+        for metric, why in skipped.items():
+            console.print(f"skipped {metric}: {why}")
     if floor:
         console.print(f"reference floor (ode_mse vs 10x tighter solve, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}")
     console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")

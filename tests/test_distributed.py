@@ -34,6 +34,34 @@ CASES = {
             "--curve-points", "3", "--curve-samples", "16", "--floor-samples", "40"],
 }
 
+
+def _tiny_sdxl_case(tmp: Path) -> list[str]:
+    """The tiny random SDXL (tests/sdxl_tiny.py) with prompts, a direct-cms checkpoint student (LoRA), a
+    solver row and the oracle, and FID / FD-DINOv2 on tiny backbones from files (distribution metrics
+    need the features of every shard's samples)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from sdxl_tiny import build_tiny_sdxl, write_lcm_lora
+    from tiny_backbones import write_tiny_dinov2, write_tiny_inception
+
+    sdxl = build_tiny_sdxl(tmp / "sdxl")
+    ckpt = tmp / "paper" / "checkpoint-10"
+    write_lcm_lora(UNet2DConditionModel.from_pretrained(str(sdxl / "unet")), tmp / "lora")
+    ckpt.mkdir(parents=True)
+    shutil.copy(tmp / "lora" / "pytorch_lora_weights.safetensors", ckpt)
+    write_tiny_inception(tmp / "inception.pt")
+    write_tiny_dinov2(tmp / "dinov2")
+    (tmp / "captions.txt").write_text("a red bicycle\na bowl of soup\na lighthouse at dusk\n")
+    return ["--teacher", str(sdxl), "--prompts", str(tmp / "captions.txt"), "--samples", "8", "--ref-batch", "4",
+            "--batch-size", "4", "--student", "ddim:2", "--student", str(ckpt), "--student", "ref",
+            "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--dtype", "fp32", "--fd-bootstrap", "0",
+            "--curve-points", "2", "--curve-samples", "4", "--floor-samples", "4", "--metrics", "fid,fd_dinov2",
+            "--fid-weights", str(tmp / "inception.pt"), "--dinov2-weights", str(tmp / "dinov2")]
+
+
+CASES["sdxl-tiny"] = _tiny_sdxl_case
+
 # result.json fields that may differ between the two runs, and why; everything else must be equal
 VOLATILE = {
     ("timings",): "wall-clock seconds",
@@ -89,7 +117,8 @@ def _run(cmd: list[str], cwd: Path, cache: Path, timeout: float = 300, **env) ->
 @pytest.mark.skipif(torch.cuda.is_available(), reason="--multi_gpu would launch on the GPUs; this checks CPU processes")
 @pytest.mark.parametrize("teacher", sorted(CASES))
 def test_two_processes_equal_one(teacher, tmp_path):
-    args = ["run", *CASES[teacher], "--out", "runs"]
+    case = CASES[teacher]
+    args = ["run", *(case(tmp_path / "inputs") if callable(case) else case), "--out", "runs"]
     one, t_one = _run([sys.executable, "-m", "odebench", *args], tmp_path / "one", tmp_path / "cache-one")
     assert one.returncode == 0, one.stderr
     two, t_two = _run([*_accelerate_launch(2), "-m", "odebench", *args], tmp_path / "two", tmp_path / "cache-two")

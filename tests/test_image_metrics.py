@@ -3,19 +3,21 @@
 Every backbone is loaded through its real loading path from files written here; results are
 checked against computations done independently in the tests. Offline: nothing may download.
 """
-import json
 import math
 import socket
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from odebench.errors import OdebenchError
+sys.path.insert(0, str(Path(__file__).parent))
+from odebench.errors import OdebenchError  # noqa: E402
 from odebench.metrics.fd import fd_features, frechet_distance
 from odebench.metrics.registry import REGISTRY
 
-TINY_CLIP = "odebench-tiny-clip"
+from tiny_backbones import TINY_CLIP, TinyInception, write_tiny_clip  # noqa: E402,F401  (shared with test_sdxl)
 
 
 @pytest.fixture(autouse=True)
@@ -127,18 +129,6 @@ def test_prdc_identical_displaced_and_hand_checked():
 
 # -------------------------------------------------------------------------------- Inception --
 
-class TinyInception(torch.nn.Module):
-    """Inception-shaped: like the real TorchScript file it has `.layers`, fed (x - 128) / 128."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 7, stride=4), torch.nn.Tanh(),
-                                          torch.nn.AdaptiveAvgPool2d(16), torch.nn.Flatten())  # 8*16*16 = 2048
-
-    def forward(self, x):
-        return self.layers((x - 128) / 128)
-
-
 def pil_clean_resize(img):
     """clean-fid's clean mode, written out: per-channel float32 PIL bicubic to 299, clip."""
     from PIL import Image
@@ -237,17 +227,8 @@ def test_dinov2_features_through_real_loading_path(tmp_path):
 @pytest.fixture
 def tiny_clip(tmp_path):
     """A tiny open_clip config (768-d embeddings, as the aesthetic MLP needs), random weights saved."""
-    open_clip = pytest.importorskip("open_clip")
-    cfg = {"embed_dim": 768, "quick_gelu": True,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{TINY_CLIP}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP, pretrained=None).eval()
-    path = tmp_path / "tiny_clip.bin"
-    torch.save(model.state_dict(), path)
-    return model, path
+    pytest.importorskip("open_clip")
+    return write_tiny_clip(tmp_path)
 
 
 def manual_embeddings(model, imgs, prompts):

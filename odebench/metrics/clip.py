@@ -218,13 +218,17 @@ class ClipScorer:
         return self._l2(e) if self.normalize_features else e
 
     # -- metrics ----------------------------------------------------------------------------------
-    def clip_score(self, images: np.ndarray, prompts: Sequence[str], torchmetrics_form: bool = False,
-                   image_embeddings: np.ndarray | None = None) -> MetricValue:
-        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0)."""
+    def cosines(self, images: np.ndarray, prompts: Sequence[str], image_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Per-pair cosine between each image and its prompt (the per-sample CLIP score)."""
         img = self.image_embeddings(images) if image_embeddings is None else np.asarray(image_embeddings, np.float64)
         if len(prompts) != len(img):
             raise OdebenchError(f"CLIP score needs one prompt per image: {len(img)} images, {len(prompts)} prompts")
-        cos = np.sum(img * self.text_embeddings(prompts), axis=1)
+        return np.sum(img * self.text_embeddings(prompts), axis=1)
+
+    def clip_score(self, images: np.ndarray, prompts: Sequence[str], torchmetrics_form: bool = False,
+                   image_embeddings: np.ndarray | None = None) -> MetricValue:
+        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0)."""
+        cos = self.cosines(images, prompts, image_embeddings)
         if torchmetrics_form:
             per, scale = 100.0 * np.maximum(cos, 0.0), "100 * max(cos, 0) (torchmetrics form)"
         else:

@@ -48,6 +48,7 @@ def solve_reference(teacher: Teacher, x_start: torch.Tensor, cond: torch.Tensor 
     func = PFODE(teacher, cond, spec.time)
     # step_t makes the solver land on every output time, so states are step values, not dense-output
     # interpolants (torchdiffeq's dopri8 interpolant is ~1e-4 off at rtol 1e-5; measured in tests)
+    t = t.to(x.device)  # torchdiffeq wants the times on the state's device (a CUDA state for GPU runs)
     options = {"norm": per_sample_rms_max, "step_t": t[1:].to(dtype), **spec.torchdiffeq_options()}
     with torch.no_grad():
         states = odeint(func, x, t.to(dtype), rtol=spec.rtol, atol=spec.atol, method=spec.method, options=options)

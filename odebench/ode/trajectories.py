@@ -78,9 +78,10 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
             tensors, info = hit
             x0, traj = tensors["x0"], tensors["traj"]
         else:
-            x_start = initial_state(teacher, noise, indices, dtype)
+            # the state lives where the network does (a GPU teacher: no copies per NFE); results on the CPU
+            x_start = initial_state(teacher, noise, indices, dtype).to(getattr(teacher, "device", "cpu"))
             sol = solve_reference(teacher, x_start, conditions.tensor(indices), spec, chunk_curve)
-            x0, traj = sol.x0, sol.traj
+            x0, traj = sol.x0.cpu(), sol.traj.cpu()
             info = {"nfe": sol.nfe, "accepted": sol.accepted, "rejected": sol.rejected}
             cache.store(key, payload, {"x0": x0, "traj": traj}, info)
         x0s.append(x0)

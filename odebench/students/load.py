@@ -14,7 +14,7 @@ from odebench.students.solvers import SOLVER_KINDS
 from odebench.teachers.base import Guidance, Teacher
 
 SOLVER_RE = re.compile(r"^([a-z0-9]+):(.*)$")
-SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, cm / direct (shipped digits students), or a student checkpoint (.json sidecar, weights file or directory)"
+SPEC_HELP = "ref, ddim:K, euler:K, heun:K, dpm2:K, cm / direct (shipped digits students), a student checkpoint (.json sidecar, weights file or directory), or for SDXL an LCM-LoRA, an LCM-SDXL UNet folder or a direct-cms checkpoint-* folder (path or cached hub id)"
 
 
 SHIPPED = ("cm", "direct")  # digits students trained by `odebench train`, in odebench/assets/students
@@ -31,6 +31,20 @@ def shipped_path(spec: str) -> str:
 
 def is_checkpoint_spec(spec: str) -> bool:
     return spec != "ref" and not (SOLVER_RE.match(spec) and SOLVER_RE.match(spec).group(1) in SOLVER_KINDS)
+
+
+def is_external_spec(spec: str) -> bool:
+    """An SDXL student that is not an odebench checkpoint: LCM-LoRA, LCM-SDXL UNet, direct-cms checkpoint."""
+    from odebench.students.lcm_sdxl import external_kind
+
+    if not is_checkpoint_spec(spec) or spec in SHIPPED or spec.lower().endswith(".json"):
+        return False
+    try:
+        return external_kind(spec) is not None
+    except OdebenchError:  # a hub id that is not on this machine: loading it gives the "put it here" error
+        from odebench.weights import _is_hub_id
+
+        return _is_hub_id(spec) and not Path(spec).exists()
 
 
 def checkpoint_sidecar(spec: str) -> tuple[Path, dict[str, Any]]:
@@ -85,8 +99,10 @@ def check_compatible(side: dict[str, Any], teacher: Teacher, conditional: bool, 
 
 
 def load_student(spec: str, teacher: Teacher, reference: SolverSpec | None = None, conditional: bool = False,
-                 allow_mismatch: bool = False) -> tuple[Student, str | None]:
-    """Build a student for `teacher`; returns it with a mismatch note (set only when allowed)."""
+                 allow_mismatch: bool = False, student_guidance: Guidance | None = None,
+                 student_convention: str | None = None) -> tuple[Student, str | None]:
+    """Build a student for `teacher`; returns it with a mismatch note (set only when allowed).
+    `student_guidance` / `student_convention` declare how an external SDXL student was distilled."""
     from odebench.students.consistency import ConsistencyStudent
     from odebench.students.reference import ReferenceStudent
     from odebench.students.solvers import SolverStudent
@@ -101,10 +117,20 @@ def load_student(spec: str, teacher: Teacher, reference: SolverSpec | None = Non
         if not m.group(2).isdigit() or int(m.group(2)) < 1:
             raise OdebenchError(f"student {spec!r}: the step count K must be a positive integer (e.g. {m.group(1)}:4)")
         return SolverStudent(teacher, m.group(1), int(m.group(2))), None
+    if is_external_spec(spec):
+        from odebench.students.lcm_sdxl import load_external_student
+
+        return load_external_student(spec, teacher, guidance=student_guidance, convention=student_convention,
+                                     allow_mismatch=allow_mismatch)
     side_path, side = checkpoint_sidecar(spec)
     note = check_compatible(side, teacher, conditional, side_path)
     if note and not allow_mismatch:
         raise OdebenchError(note + "; pass --allow-mismatch to score it against this teacher anyway")
+    if side["architecture"].get("unet_class") == "UNet2DConditionModel":  # an odebench SDXL student
+        from odebench.students.lcm_sdxl import build_odebench_sdxl_student
+
+        state = load_weights(side_path.parent / side["weights"], side.get("weights_sha256"))
+        return build_odebench_sdxl_student(side, side_path, state, teacher), note
     model = build_model(side, side_path)
     shape = (model.dim,) if hasattr(model, "dim") else (model.unet.config.in_channels, model.unet.config.sample_size, model.unet.config.sample_size)
     if tuple(shape) != tuple(teacher.shape):

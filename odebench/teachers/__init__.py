@@ -13,6 +13,7 @@ PRESETS = {
     "digits": "class-conditional 8x8 pixel UNet (diffusers), eps-prediction on SD's discrete VP schedule, trained here on sklearn digits",
     "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
     "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
+    "sdxl": "Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0) from the local HF cache; also any diffusers SDXL folder or cached hub id",
 }
 
 
@@ -24,12 +25,23 @@ def _preset_spec(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | None = None) -> Teacher:
-    """A teacher from a preset name, a JSON file path, or an inline definition (as in sidecars)."""
+def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | None = None, **sdxl_options) -> Teacher:
+    """A teacher from a preset name, a JSON file path, or an inline definition (as in sidecars);
+    `sdxl`, an SDXL diffusers folder or hub id load through odebench.teachers.sdxl with `sdxl_options`
+    (vae, dtype, device, height, width, uncond)."""
     from odebench.teachers.gmm import gmm_from_spec
+    from odebench.teachers.sdxl import is_sdxl_spec
 
     if spec is None:
         spec = DEFAULT_TEACHER
+    sdxl_options = {k: v for k, v in sdxl_options.items() if v is not None}
+    if is_sdxl_spec(spec):
+        from odebench.teachers.sdxl import load_sdxl_teacher
+
+        teacher = load_sdxl_teacher(str(spec), **sdxl_options)
+        return teacher.with_guidance(guidance) if guidance is not None else teacher
+    if sdxl_options:
+        raise OdebenchError(f"{', '.join('--' + k for k in sdxl_options)} apply to SDXL teachers only, not {spec!r}")
     if spec == "digits":
         from odebench.teachers.unet import load_unet_teacher
 

@@ -38,7 +38,13 @@ def sigma_to_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Te
 
 class DiscreteVPTeacher(Teacher):
     """Subclasses implement `_model(x_in, t, cond)`: one pass of the network on VP input x_in at
-    fractional timesteps t (B,), returning its raw prediction (eps or v)."""
+    fractional timesteps t (B,), returning its raw prediction (eps or v).
+
+    `timestep_shift` = 1 reproduces the paper's released DDIM code, which reads abar at index t-1
+    but hands the network the integer t (PAPER.md); 0 (default) gives the network the timestep
+    that belongs to sigma."""
+
+    timestep_shift: float = 0.0
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
@@ -71,6 +77,24 @@ class DiscreteVPTeacher(Teacher):
         ls = self.log_sigmas.to(t.device)
         return ((1 - w) * ls[lo] + w * ls[lo + 1]).exp()
 
+    def model_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The timestep the network sees at noise level sigma (float64)."""
+        return self.sigma_to_t(sigma) + self.timestep_shift
+
+    def with_timestep_shift(self, shift: float) -> "DiscreteVPTeacher":
+        """A view of this teacher whose network sees sigma's timestep + shift (shares model and counter)."""
+        import copy
+
+        other = copy.copy(self)
+        other.timestep_shift = float(shift)
+        return other
+
+    def ode_identity(self):
+        ident = super().ode_identity()
+        if self.timestep_shift:  # a different ODE; absent when 0 so existing cache keys stay valid
+            ident["timestep_shift"] = self.timestep_shift
+        return ident
+
     @abstractmethod
     def _model(self, x_in: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """Raw network output for VP input x_in at fractional timesteps t; cond None = unconditional."""
@@ -87,4 +111,4 @@ class DiscreteVPTeacher(Teacher):
 
     def _denoise(self, x, sigma, cond):
         s, c_in = self._scalings(x, sigma)
-        return self._to_denoised(x, s, c_in, self._model(x * c_in, self.sigma_to_t(sigma), cond))
+        return self._to_denoised(x, s, c_in, self._model(x * c_in, self.model_timestep(sigma), cond))

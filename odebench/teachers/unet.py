@@ -80,7 +80,7 @@ class UNetClassTeacher(DiscreteVPTeacher):
     def _denoise_pair(self, x, sigma, cond):
         """Both CFG branches in one UNet batch (the null label, then the requested one)."""
         s, c_in = self._scalings(x, sigma)
-        t = self.sigma_to_t(sigma)
+        t = self.model_timestep(sigma)
         b = x.shape[0]
         x_in = (x * c_in).repeat(2, *([1] * (x.dim() - 1)))
         out = self._unet(x_in, t.repeat(2), torch.cat([self._labels(None, b), self._labels(cond, b)]))
