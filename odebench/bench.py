@@ -127,11 +127,18 @@ def _conditions(teacher: Teacher, conditional: bool) -> Conditions:
     return Conditions(teacher.num_classes if conditional else None)
 
 
-def _ddim100_teacher(teacher: Teacher, config: RunConfig) -> tuple[Teacher, str]:
+def _declared_ddim100(students) -> str | None:
+    """The DDIM-100 timestep mode the students were distilled on, when their sidecars declare one and agree."""
+    declared = {(getattr(s, "trained_for", None) or {}).get("ode", {}).get("ddim100_timesteps") for s in students}
+    declared.discard(None)
+    return declared.pop() if len(declared) == 1 else None
+
+
+def _ddim100_teacher(teacher: Teacher, config: RunConfig, students=()) -> tuple[Teacher, str]:
     """The teacher the DDIM-100 reference runs on, and how its UNet timesteps are chosen."""
     mode = config.ddim100_timesteps
     if mode == "auto":
-        mode = "paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma"
+        mode = _declared_ddim100(students) or ("paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma")
     if mode == "paper":
         return teacher.with_timestep_shift(1.0), "UNet given the integer t, abar at t-1 (the released code)"
     return teacher, "UNet at t-1, consistent with sigma"
@@ -227,7 +234,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
         from odebench.ode.trajectories import grid_reference_set
 
-        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config)
+        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config, students)
         with progress.task("DDIM-100 reference (paper)", n) as advance:
             ddim100, ddim100_info = grid_reference_set(ddim_teacher, noise, conditions, n, cache, progress=advance)
         ddim100_info["unet_timesteps"] = ddim_timesteps
