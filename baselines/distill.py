@@ -70,6 +70,8 @@ class DistillConfig:
                 raise OdebenchError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise OdebenchError(f"--lr must be positive, got {self.lr}")
+        if not self.grad_clip > 0 or self.weight_decay < 0:
+            raise OdebenchError(f"--grad-clip must be positive and --weight-decay non-negative, got {self.grad_clip} and {self.weight_decay}")
         if self.lora_rank < 0 or self.lora_alpha < 0:
             raise OdebenchError("--lora-rank and --lora-alpha must be non-negative")
         if not 0.0 <= self.ema < 1.0:
