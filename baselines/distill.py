@@ -199,10 +199,11 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
             now = time.perf_counter()
             rate = cfg.batch_size / max(now - t_last, 1e-9)
             t_last = now
+            loss_value = float(rt.mean(loss.detach()))  # the global batch's loss under several processes
             if rt.is_main:
-                log.write(json.dumps({"step": step, "loss": float(loss.detach()), "samples_per_s": rate}) + "\n")
+                log.write(json.dumps({"step": step, "loss": loss_value, "samples_per_s": rate}) + "\n")
                 if progress is not None:
-                    progress(step, float(loss.detach()), rate)
+                    progress(step, loss_value, rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if rt.is_main:
                     log.flush()

@@ -48,6 +48,10 @@ class LocalRuntime:
     def wait(self) -> None:
         pass
 
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over processes (a collective: every process calls it); for the log."""
+        return value
+
     def scaler_state(self) -> dict | None:
         return None
 
@@ -94,6 +98,9 @@ class AccelerateRuntime(LocalRuntime):
 
     def wait(self):
         self.acc.wait_for_everyone()
+
+    def mean(self, value):
+        return self.acc.reduce(value.detach().to(self.device), "mean").cpu() if self.num_processes > 1 else value
 
     def scaler_state(self):
         scaler = getattr(self.acc, "scaler", None)

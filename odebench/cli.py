@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -188,15 +189,17 @@ def train(
                         lora_rank=pick("lora_rank", lora_rank), lora_alpha=pick("lora_alpha", lora_alpha))
     cfg.validate()
     g = Guidance(guidance, guidance_form) if guidance is not None else None
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, one progress bar and one line
     with RP(TextColumn(f"[bold]train {target}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=_console(stderr=True)) as bar:
+            TimeElapsedColumn(), console=_console(stderr=True), disable=not main_process) as bar:
         tid = bar.add_task("train", total=cfg.steps, info="")
 
         def progress(step, loss_value, rate):
             bar.update(tid, completed=step, info=f"loss {loss_value:.4g} · {rate:,.0f} samples/s")
 
         side = train_student(cfg, teacher, out, g, conditional or None, resume, progress=progress, sdxl=sdxl)
-    print(f"student: {side}")
+    if main_process:
+        print(f"student: {side}")
 
 
 @app.command("ls")

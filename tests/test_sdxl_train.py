@@ -296,6 +296,14 @@ def test_resume_equals_uninterrupted_and_accelerate_equals_plain(sdxl_dir, folde
     train_student(DistillConfig(steps=3, **kw), str(sdxl_dir), tmp_path / "b", resume=True, sdxl=opts)
     a = (tmp_path / "a" / "student.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "student.safetensors").read_bytes()
+    # gradient checkpointing recomputes the same activations: the same student
+    from safetensors.torch import load_file
+
+    train_student(DistillConfig(steps=3, **kw), str(sdxl_dir), tmp_path / "gc",
+                  sdxl=SDXLOptions(data=folder, resolution=RES, gradient_checkpointing=True))
+    assert json.loads((tmp_path / "gc" / "student.json").read_text())["training"]["gradient_checkpointing"] is True
+    wa, wg = load_file(str(tmp_path / "a" / "student.safetensors")), load_file(str(tmp_path / "gc" / "student.safetensors"))
+    assert max(float((wa[k] - wg[k]).abs().max()) for k in wa) < 1e-6
     with pytest.raises(OdebenchError, match="flags differ"):
         train_student(DistillConfig(steps=3, **{**kw, "lr": 1e-3}), str(sdxl_dir), tmp_path / "b", resume=True, sdxl=opts)
     # the same run under accelerate (one CPU process, as `accelerate launch` with one process sets up)
