@@ -44,7 +44,7 @@ class RunConfig:
     teacher_options: dict[str, Any] = field(default_factory=dict)  # vae, dtype, device, height, width, uncond
     student_guidance: Guidance | None = None  # how an external SDXL student was distilled (else its convention)
     student_convention: str | None = None  # lcm | paper | odebench: overrides the detected one
-    ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the teacher's
+    ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the students' declared one, else the teacher's
     metrics: str = "auto"  # image metrics of text-to-image teachers (odebench.quality.METRICS_HELP)
     metric_weights: dict[str, Any] = field(default_factory=dict)  # fid, dinov2, clip, clip_arch, aesthetic
     fd_bootstrap: int = 10  # bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none)

@@ -83,7 +83,7 @@ def run(
     student_guidance: Optional[float] = typer.Option(None, help="How an LCM-LoRA / LCM-SDXL / checkpoint-* student was distilled: its guidance weight (LCM-SDXL: the embedded one; pipeline guidance_scale = imagen w)."),
     student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
     student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
-    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (paper for SDXL)."),
+    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else paper for SDXL)."),
     metrics: str = typer.Option("auto", help="SDXL image metrics. auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
     fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
     dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),

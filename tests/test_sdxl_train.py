@@ -363,3 +363,21 @@ def test_bad_data_and_flags_are_one_line_cli_errors(sdxl_dir, folder, tmp_path):
         assert r.output.strip().count("\n") == 0 or r.output.strip().splitlines()[-1].startswith("error:"), r.output
     r = _cli(["train", "cm", "--teacher", "gmm", "--data", str(folder), "--steps", "1"])
     assert r.exit_code == 2 and "apply to SDXL teachers only" in r.output
+
+
+def test_run_uses_the_ddim100_timesteps_the_student_declares(sdxl_dir):
+    """A trained SDXL student's sidecar names the discretised ODE it was distilled on; `--ddim100-timesteps
+    auto` follows it (else the teacher's default), an explicit flag wins."""
+    from types import SimpleNamespace as S
+
+    from odebench.bench import RunConfig, _ddim100_teacher
+    from odebench.teachers import load_teacher
+
+    t = load_teacher(str(sdxl_dir), device="cpu")
+    sigma = S(trained_for={"ode": {"ddim100_timesteps": "sigma"}})
+    paper = S(trained_for={"ode": {"ddim100_timesteps": "paper"}})
+    assert "consistent with sigma" in _ddim100_teacher(t, RunConfig(), [sigma])[1]
+    assert _ddim100_teacher(t, RunConfig(), [sigma])[0].timestep_shift == 0.0
+    assert _ddim100_teacher(t, RunConfig(), [S(trained_for=None)])[0].timestep_shift == 1.0  # SDXL default: paper
+    assert _ddim100_teacher(t, RunConfig(), [paper, sigma])[0].timestep_shift == 1.0  # disagreeing: the default
+    assert _ddim100_teacher(t, RunConfig(ddim100_timesteps="sigma"), [paper])[0].timestep_shift == 0.0
