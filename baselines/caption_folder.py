@@ -106,7 +106,9 @@ def read_caption_folder(folder: Path | str) -> list[CaptionedImage]:
         for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
             txt = path.with_suffix(".txt")
             if not txt.is_file():
-                raise OdebenchError(f"{path}: no caption (expected {txt.name} beside it, or a metadata.jsonl)")
+                hint = ("; captions.txt is not read (lines are not paired with images by order)"
+                        if (folder / "captions.txt").is_file() else "")
+                raise OdebenchError(f"{path}: no caption (expected {txt.name} beside it, or a metadata.jsonl){hint}")
             try:
                 caption = txt.read_text(encoding="utf-8").strip()
             except UnicodeDecodeError:

@@ -73,3 +73,22 @@ class SDXLPaperLCM(nn.Module):
                         added_cond_kwargs={"text_embeds": cond.pooled.to(dev), "time_ids": cond.time_ids.to(dev)}).sample
         x0_hat = x - s * eps.float().to(x.device)
         return c_skip.float().to(x.device).reshape(view) * x_vp + c_out.float().to(x.device).reshape(view) * x0_hat
+
+
+def save_lora(peft_unet, folder) -> None:
+    """The LoRA alone in diffusers' layout (`pytorch_lora_weights.safetensors`, rank and alpha in its
+    metadata): megabytes instead of the merged UNet's gigabytes, loadable by diffusers pipelines and by
+    `odebench run --student FOLDER --student-convention paper --student-guidance W`."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    config = peft_unet.peft_config["default"].to_dict()
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    # alpha / rank is folded into B and alpha written as the rank: loaders that ignore the metadata
+    # (and assume alpha = rank) then apply the same delta
+    scale = float(config["lora_alpha"]) / float(config["r"])
+    config["lora_alpha"] = config["r"]
+    # PeftModel keys carry a "base_model.model." prefix that diffusers' UNet loader does not expect
+    state = {k.removeprefix("base_model.model."): (v.detach().float().cpu() * (scale if ".lora_B." in k else 1.0)).contiguous()
+             for k, v in get_peft_model_state_dict(peft_unet).items()}
+    StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=state, unet_lora_adapter_metadata=config)

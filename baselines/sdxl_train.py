@@ -4,7 +4,7 @@ Builds, in order: the runtime (accelerate under `accelerate launch` or on CUDA),
 that device (fp16 weights under fp16 mixed precision; the ODE state stays float32), the teacher ODE
 the student is distilled for, the caption-folder data, the LoRA student, the optimiser; then runs
 baselines.distill.train and exports an odebench SDXL student (LoRA merged into float32 UNet
-weights) whose sidecar records every setting.
+weights) whose sidecar records every setting, plus the LoRA alone in diffusers' layout (OUT/lora/).
 
 The teacher ODE is the paper-mode one that `ode_mse@ddim100` measures on SDXL: DDIM on the 1-indexed
 100-point grid with the UNet given the integer t while abar is read at t - 1 (the released code),
@@ -51,7 +51,7 @@ def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options
     from baselines.optim import make_optimizer, resolve_optimizer
     from baselines.runtime import make_runtime
     from baselines.sdxl_data import SDXLCaptionData
-    from baselines.sdxl_student import SDXL_LORA_TARGETS, SDXLPaperLCM, sdxl_lora
+    from baselines.sdxl_student import SDXL_LORA_TARGETS, SDXLPaperLCM, save_lora, sdxl_lora
     from baselines.caption_folder import folder_identity
     from odebench.students.lcm_sdxl import PAPER, export_sdxl_lcm_student
     from odebench.teachers import load_teacher
@@ -103,9 +103,11 @@ def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options
                 "student_convention": PAPER.describe()}
 
     def export(stem, m, training, step):
+        save_lora(m.unet, stem.parent / "lora")  # the small artefact, for diffusers and for sharing
         # float32 before merging: the LoRA delta added to fp16 weights would round away
         merged = copy.deepcopy(m.unet).to("cpu", torch.float32).merge_and_unload()
-        return export_sdxl_lcm_student(stem, merged, base, steps=1, convention=PAPER, training={**training, **settings},
+        return export_sdxl_lcm_student(stem, merged, base, steps=1, convention=PAPER,
+                                       training={**training, **settings, "lora_file": "lora/pytorch_lora_weights.safetensors"},
                                        step=step, ode={"ddim100_timesteps": "paper", "grid": cfg.grid, "solver": cfg.solver,
                                                        "unet_timesteps": "the integer t, abar at t - 1"})
 

@@ -154,12 +154,12 @@ def test_direct_target_is_the_papers_ddim_loop_to_zero(teacher, folder):
         torch.testing.assert_close(ours[i:i + 1], x.float(), rtol=1e-4, atol=2e-4)
 
 
-def _student(teacher, seed=4):
+def _student(teacher, seed=4, alpha=4):
     import copy
 
     from baselines.sdxl_student import SDXLPaperLCM, sdxl_lora
 
-    unet = sdxl_lora(copy.deepcopy(teacher.unet), 4, 4)
+    unet = sdxl_lora(copy.deepcopy(teacher.unet), 4, alpha)
     torch.manual_seed(seed)
     with torch.no_grad():  # a non-trivial LoRA (B = 0 at init would make the student the teacher)
         for name, p in unet.named_parameters():
@@ -244,6 +244,7 @@ def test_train_cm_and_direct_with_paper_defaults_then_run(sdxl_dir, folder, tmp_
     teacher_w = load_file(str(sdxl_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     w = load_file(str(tmp_path / "cm" / "student.safetensors"))
     assert set(w) == set(teacher_w)
+    assert (tmp_path / "cm" / "lora" / "pytorch_lora_weights.safetensors").is_file() and tr["lora_file"].startswith("lora/")
     changed = [k for k in w if not torch.equal(w[k], teacher_w[k].float())]
     assert changed and all(any(f".{t}." in k for t in SDXL_LORA_TARGETS) for k in changed)
     # scored with no flags but the samples: the paper-mode DDIM-100 reference, as declared
@@ -265,7 +266,7 @@ def test_exported_student_is_the_trained_function(sdxl_dir, teacher, folder, tmp
     from odebench.teachers import load_teacher
     from odebench.teachers.text_condition import EncodedPrompts
 
-    model = _student(teacher)
+    model = _student(teacher, alpha=8)  # alpha != rank: the LoRA file must carry the scale
     merged = copy.deepcopy(model.unet).merge_and_unload()
     side = export_sdxl_lcm_student(tmp_path / "s", merged, teacher, convention=PAPER, ode={"ddim100_timesteps": "paper"})
     run_teacher = load_teacher(str(sdxl_dir), device="cpu")
@@ -280,6 +281,14 @@ def test_exported_student_is_the_trained_function(sdxl_dir, teacher, folder, tmp
     with torch.no_grad():
         trained = model(x, sigma, cond)
     torch.testing.assert_close(student(x, sigma, cond_idx), trained, rtol=1e-4, atol=1e-4)
+    # the LoRA alone, in diffusers' layout, through the external-student loader in the paper's convention
+    from baselines.sdxl_student import save_lora
+    from odebench.teachers.base import Guidance
+
+    save_lora(model.unet, tmp_path / "lora")
+    lora, note = load_student(str(tmp_path / "lora"), run_teacher, student_convention="paper", student_guidance=Guidance(9.0))
+    assert note is None
+    torch.testing.assert_close(lora(x, sigma, cond_idx), trained, rtol=1e-4, atol=1e-4)
 
 
 def test_resume_equals_uninterrupted_and_accelerate_equals_plain(sdxl_dir, folder, tmp_path, monkeypatch):
@@ -347,12 +356,13 @@ def test_bad_data_and_flags_are_one_line_cli_errors(sdxl_dir, folder, tmp_path):
     nocap = tmp_path / "nocap"
     nocap.mkdir()
     Image.new("RGB", (8, 8)).save(nocap / "a.png")
+    (nocap / "captions.txt").write_text("a caption\n")
     broken = write_folder(tmp_path / "broken", "txt")
     (broken / "img1.png").write_bytes(b"not a png")
     missing = write_folder(tmp_path / "missing", "jsonl")
     (missing / "img2.png").unlink()
     base = ["train", "cm", "--teacher", str(sdxl_dir), "--resolution", str(RES), "--steps", "1", "--batch-size", "2"]
-    cases = [(["--data", str(empty)], "no images"), (["--data", str(nocap)], "a.txt"),
+    cases = [(["--data", str(empty)], "no images"), (["--data", str(nocap)], "a.txt beside it, or a metadata.jsonl); captions.txt is not read"),
              (["--data", str(broken)], "img1.png: not a readable image"), (["--data", str(missing)], "img2.png not found"),
              (["--data", str(tmp_path / "nowhere")], "not a directory"), ([], "needs --data"),
              (["--data", str(folder), "--mixed-precision", "fp16", "--device", "cpu"], "needs a CUDA device"),
