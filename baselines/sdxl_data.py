@@ -44,13 +44,14 @@ def resize_and_crop(image, resolution: int, u_top: float, u_left: float):
 class SDXLCaptionData:
     """`sample(batch, g, part)` -> (latents x0 (B, 4, h, w) float32 on CPU, EncodedPrompts) for the loop."""
 
-    def __init__(self, teacher, folder: Path | str, resolution: int, vae_batch: int = 4) -> None:
+    def __init__(self, teacher, folder: Path | str, resolution: int, vae_batch: int = 4,
+                 items: list[CaptionedImage] | None = None) -> None:
         if teacher.vae is None:
             raise OdebenchError("SDXL training encodes images: the teacher must be loaded with its VAE")
         if resolution % teacher.vae_scale_factor:
             raise OdebenchError(f"--resolution must be a multiple of {teacher.vae_scale_factor}, got {resolution}")
         self.teacher = teacher
-        self.items: list[CaptionedImage] = read_caption_folder(folder)
+        self.items: list[CaptionedImage] = items if items is not None else read_caption_folder(folder)
         self.folder = Path(folder)
         self.resolution = int(resolution)
         self.latent_shape = (int(teacher.vae.config.latent_channels), resolution // teacher.vae_scale_factor,

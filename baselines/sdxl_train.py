@@ -52,7 +52,7 @@ def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options
     from baselines.runtime import make_runtime
     from baselines.sdxl_data import SDXLCaptionData
     from baselines.sdxl_student import SDXL_LORA_TARGETS, SDXLPaperLCM, save_lora, sdxl_lora
-    from baselines.caption_folder import folder_identity
+    from baselines.caption_folder import folder_identity, read_caption_folder
     from odebench.students.lcm_sdxl import PAPER, export_sdxl_lcm_student
     from odebench.teachers import load_teacher
 
@@ -64,7 +64,8 @@ def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options
     if options.resolution < 8:
         raise OdebenchError(f"--resolution must be at least 8 pixels, got {options.resolution}")
     if options.vae_batch < 1:
-        raise OdebenchError("--vae-batch must be a positive integer")
+        raise OdebenchError(f"vae_batch must be a positive integer, got {options.vae_batch}")
+    items = read_caption_folder(options.data)  # before the (slow) teacher load: a bad folder fails at once
     rt = make_runtime(options.device, options.mixed_precision)
     cuda = rt.device.type == "cuda"
     checkpointing = cuda if options.gradient_checkpointing is None else bool(options.gradient_checkpointing)
@@ -73,7 +74,7 @@ def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options
     base = load_teacher(teacher_spec, guidance, dtype=weights, device=str(rt.device), height=options.resolution,
                         width=options.resolution, vae=options.vae)
     teacher = base.with_timestep_shift(1.0)  # the released code's UNet timestep: the paper-mode ODE (see module doc)
-    data = SDXLCaptionData(teacher, options.data, options.resolution, options.vae_batch)
+    data = SDXLCaptionData(teacher, options.data, options.resolution, options.vae_batch, items=items)
     record = {"config": asdict(cfg), "teacher": base.fingerprint(), "guidance": base.guidance.to_dict(),
               "conditional": True, "sdxl": {**options.to_record(), "mixed_precision": rt.mixed_precision,
                                            "gradient_checkpointing": checkpointing, "optimizer": opt_kind,
