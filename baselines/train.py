@@ -34,16 +34,41 @@ def with_lora(unet, rank: int, alpha: float):
                                            target_modules=targets))
 
 
+def record_run(out: Path, record: dict, resume: bool, write: bool = True) -> None:
+    """Write OUT/train_config.json, or on --resume check that the flags match the recorded run."""
+    rec_path = out / "train_config.json"
+    if resume:
+        if not rec_path.is_file():
+            raise OdebenchError(f"--resume: {out} holds no training run (no {rec_path.name})")
+        old = json.loads(rec_path.read_text())
+        old["config"]["steps"] = record["config"]["steps"]  # extending a run is allowed; everything else must match
+        if old != json.loads(json.dumps(record)):
+            raise OdebenchError(f"--resume: the flags differ from the run in {out}; resume with the same flags (only --steps may grow)")
+    if write:
+        atomic_write_bytes(rec_path, (json.dumps(record, indent=1) + "\n").encode())
+
+
 def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=None, conditional: bool | None = None,
                   resume: bool = False, hidden: int = 256, depth: int = 3,
-                  progress: Callable[[int, float, float], None] | None = None) -> Path:
-    """Distil a student for the teacher ODE (teacher, guidance, conditioning); returns its sidecar."""
+                  progress: Callable[[int, float, float], None] | None = None, sdxl=None) -> Path:
+    """Distil a student for the teacher ODE (teacher, guidance, conditioning); returns its sidecar.
+    An SDXL teacher goes to baselines.sdxl_train with `sdxl` (SDXLOptions)."""
     from odebench.students.consistency import export_mlp_student, export_unet_lcm_student
     from odebench.students.mlp import MLPConsistency
     from odebench.students.unet_lcm import UNetLCM
     from odebench.teachers import load_teacher
+    from odebench.teachers.sdxl import is_sdxl_spec
 
     cfg.validate()
+    if is_sdxl_spec(teacher_spec):
+        from baselines.sdxl_train import SDXLOptions, train_sdxl_student
+
+        if conditional is False:
+            raise OdebenchError("SDXL students are caption-conditioned; --uncond does not apply")
+        return train_sdxl_student(cfg, str(teacher_spec), out, sdxl or SDXLOptions(), guidance, resume, progress,
+                                  record_run=lambda record, write=True: record_run(out, record, resume, write))
+    if sdxl is not None:
+        raise OdebenchError(f"--data, --resolution, --mixed-precision, --optimizer, --device and --vae apply to SDXL teachers, not {teacher_spec!r}")
     teacher = load_teacher(teacher_spec, guidance)
     conditional = teacher.default_conditional if conditional is None else conditional
     if teacher.guidance.needs_uncond and not conditional:
@@ -53,15 +78,7 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
         raise OdebenchError(f"no student architecture for the {teacher.name!r} teacher")
     record = {"config": asdict(cfg), "teacher": teacher.fingerprint(), "guidance": teacher.guidance.to_dict(),
               "conditional": conditional, "hidden": hidden, "depth": depth}
-    rec_path = out / "train_config.json"
-    if resume:
-        if not rec_path.is_file():
-            raise OdebenchError(f"--resume: {out} holds no training run (no {rec_path.name})")
-        old = json.loads(rec_path.read_text())
-        old["config"]["steps"] = cfg.steps  # extending a run is allowed; everything else must match
-        if old != json.loads(json.dumps(record)):
-            raise OdebenchError(f"--resume: the flags differ from the run in {out}; resume with the same flags (only --steps may grow)")
-    atomic_write_bytes(rec_path, (json.dumps(record, indent=1) + "\n").encode())
+    record_run(out, record, resume)
     torch.manual_seed(cfg.seed)
     if is_unet:
         # a copy of the teacher's UNet in the LCM parameterisation: LoRA (peft) or a full fine-tune

@@ -44,7 +44,7 @@ class RunConfig:
     teacher_options: dict[str, Any] = field(default_factory=dict)  # vae, dtype, device, height, width, uncond
     student_guidance: Guidance | None = None  # how an external SDXL student was distilled (else its convention)
     student_convention: str | None = None  # lcm | paper | odebench: overrides the detected one
-    ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the teacher's
+    ddim100_timesteps: str = "auto"  # sigma: UNet at t-1; paper: the released code's integer t; auto: the students' declared one, else the teacher's
     metrics: str = "auto"  # image metrics of text-to-image teachers (odebench.quality.METRICS_HELP)
     metric_weights: dict[str, Any] = field(default_factory=dict)  # fid, dinov2, clip, clip_arch, aesthetic
     fd_bootstrap: int = 10  # bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none)
@@ -127,11 +127,18 @@ def _conditions(teacher: Teacher, conditional: bool) -> Conditions:
     return Conditions(teacher.num_classes if conditional else None)
 
 
-def _ddim100_teacher(teacher: Teacher, config: RunConfig) -> tuple[Teacher, str]:
+def _declared_ddim100(students) -> str | None:
+    """The DDIM-100 timestep mode the students were distilled on, when their sidecars declare one and agree."""
+    declared = {(getattr(s, "trained_for", None) or {}).get("ode", {}).get("ddim100_timesteps") for s in students}
+    declared.discard(None)
+    return declared.pop() if len(declared) == 1 else None
+
+
+def _ddim100_teacher(teacher: Teacher, config: RunConfig, students=()) -> tuple[Teacher, str]:
     """The teacher the DDIM-100 reference runs on, and how its UNet timesteps are chosen."""
     mode = config.ddim100_timesteps
     if mode == "auto":
-        mode = "paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma"
+        mode = _declared_ddim100(students) or ("paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma")
     if mode == "paper":
         return teacher.with_timestep_shift(1.0), "UNet given the integer t, abar at t-1 (the released code)"
     return teacher, "UNet at t-1, consistent with sigma"
@@ -250,7 +257,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
         from odebench.ode.trajectories import GRID_BATCH, grid_reference_set, merge_grid_references
 
-        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config)
+        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config, [s for s, _ in loaded])
         with progress.task("DDIM-100 reference (paper)", len(dist.shard(n, GRID_BATCH))) as advance:
             ddim100, ddim100_info = merged(dist.run(lambda idx: grid_reference_set(
                 ddim_teacher, noise, conditions, len(idx), cache, progress=advance, start=idx.start), n, GRID_BATCH),

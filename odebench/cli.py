@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -91,7 +92,7 @@ def run(
     student_guidance: Optional[float] = typer.Option(None, help="How an LCM-LoRA / LCM-SDXL / checkpoint-* student was distilled: its guidance weight (LCM-SDXL: the embedded one; pipeline guidance_scale = imagen w)."),
     student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
     student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
-    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (paper for SDXL)."),
+    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else paper for SDXL)."),
     metrics: str = typer.Option("auto", help="SDXL image metrics. auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
     fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
     dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),
@@ -142,46 +143,78 @@ def run(
 @guarded
 def train(
     target: str = typer.Argument(..., help="cm (one teacher step + the student itself) or direct (teacher solves to 0)."),
-    teacher: str = typer.Option("gmm", "--teacher", "-t", help="gmm | gmm64 | path to a teacher JSON."),
-    steps: int = typer.Option(2000, help="Optimiser steps."),
-    batch_size: int = typer.Option(256, help="Batch size."),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate (constant)."),
+    teacher: str = typer.Option("gmm", "--teacher", "-t", help="gmm | gmm64 | digits | path to a teacher JSON | sdxl, an SDXL diffusers folder or cached hub id (the paper's setting and defaults)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default 2000; SDXL 250, the released script)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size, split over accelerate processes (default 256; SDXL 16)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate, constant (default 1e-3; SDXL 1e-4)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 0; SDXL 1e-2)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
     grid: int = typer.Option(100, help="Grid size N (Karras levels for continuous teachers)."),
     solver: str = typer.Option("ddim", help="Teacher solver for a step: ddim | euler | heun."),
     loss: str = typer.Option("l2", help="l2 | huber (pseudo-Huber, c = --huber-c)."),
     huber_c: float = typer.Option(0.001, help="Pseudo-Huber constant."),
-    guidance: Optional[float] = typer.Option(None, help="CFG weight of the teacher ODE (default: the teacher's)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG weight of the teacher ODE (default: the teacher's; SDXL 9 imagen, zero uncond)."),
     guidance_form: str = typer.Option("imagen", help="imagen | lcm."),
-    conditional: bool = typer.Option(False, "--conditional", help="Class-conditional student."),
-    seed: int = typer.Option(0, help="Seed of the data, noise and grid-index stream."),
-    checkpoint_every: int = typer.Option(500, help="Write a resumable checkpoint every N steps."),
+    conditional: bool = typer.Option(False, "--conditional", help="Class-conditional student (SDXL students are always caption-conditioned)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the data, noise and grid-index stream (default 0; SDXL 24)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Write a resumable checkpoint every N steps (default 500; SDXL 50)."),
     ema: float = typer.Option(0.0, help="CM target network = EMA of the student with this decay (0: the student itself, the paper's setting)."),
-    lora_rank: int = typer.Option(0, help="UNet teachers: LoRA rank through peft (0: full fine-tune); merged into the shipped weights."),
-    lora_alpha: float = typer.Option(0.0, help="LoRA alpha (0: equal to the rank)."),
+    lora_rank: Optional[int] = typer.Option(None, help="UNet teachers: LoRA rank through peft (default 0 = full fine-tune; SDXL 64); merged into the shipped weights."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: equal to the rank; SDXL 64)."),
+    data: Optional[Path] = typer.Option(None, help="SDXL: image-caption folder (images + metadata.jsonl/.csv with file_name and text|caption|prompt, or a NAME.txt caption beside each image)."),
+    resolution: Optional[int] = typer.Option(None, help="SDXL: training resolution in pixels (default 1024): short side resized, random crop."),
+    mixed_precision: Optional[str] = typer.Option(None, help="SDXL: fp16 | bf16 | no (default fp16 on CUDA, no on CPU)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="SDXL: recompute UNet activations in backward (default: on with CUDA)."),
+    optimizer: Optional[str] = typer.Option(None, help="SDXL: auto | adamw | adamw8bit (auto: bitsandbytes' AdamW8bit on CUDA when installed, else AdamW)."),
+    device: Optional[str] = typer.Option(None, help="SDXL: cuda | cpu (default: cuda when available; under accelerate launch, each process's GPU)."),
+    vae: Optional[str] = typer.Option(None, help="SDXL: a separate VAE folder or hub id, e.g. the fp16-fix VAE (run in the weights' dtype); default: the teacher's VAE in float32."),
     out: Path = typer.Option(Path("students/run"), help="Output directory (checkpoint, log.jsonl, student.json/.safetensors)."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
 ):
-    """Distil a CM or Direct CM student (one loop, two targets); writes an odebench student."""
+    """Distil a CM or Direct CM student (one loop, two targets); writes an odebench student.
+    Multi-GPU: accelerate launch -m odebench train ... (SDXL)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
 
     from baselines.distill import DistillConfig
     from baselines.train import train_student
     from odebench.teachers.base import Guidance
+    from odebench.teachers.sdxl import is_sdxl_spec
 
-    cfg = DistillConfig(target=target, steps=steps, batch_size=batch_size, lr=lr, grid=grid, solver=solver, loss=loss,
-                        huber_c=huber_c, seed=seed, checkpoint_every=checkpoint_every, ema=ema,
-                        lora_rank=lora_rank, lora_alpha=lora_alpha)
+    sdxl_flags = {"data": data, "resolution": resolution, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+                  "optimizer": optimizer, "device": device, "vae": vae}
+    sdxl = None
+    if is_sdxl_spec(teacher):
+        from baselines.sdxl_train import PAPER_DEFAULTS, SDXLOptions
+
+        defaults = PAPER_DEFAULTS
+        sdxl = SDXLOptions(**{k: v for k, v in sdxl_flags.items() if v is not None})
+    else:
+        given = [k for k, v in sdxl_flags.items() if v is not None]
+        if given:
+            raise OdebenchError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to SDXL teachers only, not {teacher!r}")
+        defaults = {"steps": 2000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, "seed": 0, "checkpoint_every": 500,
+                    "lora_rank": 0, "lora_alpha": 0.0}
+
+    def pick(name, value):
+        return defaults[name] if value is None else value
+
+    cfg = DistillConfig(target=target, steps=pick("steps", steps), batch_size=pick("batch_size", batch_size), lr=pick("lr", lr),
+                        weight_decay=pick("weight_decay", weight_decay), grad_clip=grad_clip, grid=grid, solver=solver, loss=loss,
+                        huber_c=huber_c, seed=pick("seed", seed), checkpoint_every=pick("checkpoint_every", checkpoint_every), ema=ema,
+                        lora_rank=pick("lora_rank", lora_rank), lora_alpha=pick("lora_alpha", lora_alpha))
     cfg.validate()
     g = Guidance(guidance, guidance_form) if guidance is not None else None
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, one progress bar and one line
     with RP(TextColumn(f"[bold]train {target}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=_console(stderr=True)) as bar:
-        tid = bar.add_task("train", total=steps, info="")
+            TimeElapsedColumn(), console=_console(stderr=True), disable=not main_process) as bar:
+        tid = bar.add_task("train", total=cfg.steps, info="")
 
         def progress(step, loss_value, rate):
             bar.update(tid, completed=step, info=f"loss {loss_value:.4g} · {rate:,.0f} samples/s")
 
-        side = train_student(cfg, teacher, out, g, conditional or None, resume, progress=progress)
-    print(f"student: {side}")
+        side = train_student(cfg, teacher, out, g, conditional or None, resume, progress=progress, sdxl=sdxl)
+    if main_process:
+        print(f"student: {side}")
 
 
 @app.command()

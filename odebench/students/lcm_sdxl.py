@@ -323,13 +323,16 @@ def build_odebench_sdxl_student(side: dict[str, Any], source: Path, state: dict[
     return SDXLConsistencyStudent(unet, teacher, conv, spec=str(source), name=name, steps=int(side["sampler"].get("steps", 1)),
                                   guidance_embedding_w=None if embed is None else float(embed["w_lcm"]),
                                   trained_for={"teacher": side["teacher"].get("name"), "fingerprint": side["teacher"].get("fingerprint"),
-                                               "guidance": side["guidance"], "conditional": True},
+                                               "guidance": side["guidance"], "conditional": True, **({"ode": side["ode"]} if "ode" in side else {})},
                                   source={"sidecar": str(source), "weights_sha256": side.get("weights_sha256")})
 
 
 def export_sdxl_lcm_student(stem, unet, teacher, steps: int = 1, convention: LCMConvention = ODEBENCH,
-                            training: dict[str, Any] | None = None, step: int = 0, guidance_embedding_w: float | None = None):
-    """Write an SDXL UNet (LoRA already merged) as an odebench student for `teacher`'s current ODE."""
+                            training: dict[str, Any] | None = None, step: int = 0, guidance_embedding_w: float | None = None,
+                            ode: dict[str, Any] | None = None):
+    """Write an SDXL UNet (LoRA already merged) as an odebench student for `teacher`'s current ODE.
+    `ode` declares the discretised teacher ODE it was distilled on (e.g. {"ddim100_timesteps": "paper"}),
+    so a run picks the matching DDIM-100 reference."""
     from odebench.students.checkpoint import save_student
 
     sidecar = {
@@ -349,5 +352,7 @@ def export_sdxl_lcm_student(stem, unet, teacher, steps: int = 1, convention: LCM
     }
     if guidance_embedding_w is not None:
         sidecar["guidance_embedding"] = {"w_lcm": float(guidance_embedding_w)}
+    if ode is not None:
+        sidecar["ode"] = dict(ode)
     state = {k: v.float() for k, v in unet.state_dict().items()}
     return save_student(stem, state, sidecar)

@@ -26,6 +26,7 @@ import torch
 from odebench.errors import OdebenchError
 from odebench.teachers.base import Guidance
 from odebench.teachers.discrete import DiscreteVPTeacher
+from odebench.teachers.text_condition import EncodedPrompts
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -243,10 +244,16 @@ class SDXLTeacher(DiscreteVPTeacher):
         return (torch.zeros(batch, length, width, device=self.device),
                 torch.zeros(batch, int(self.text_encoders[-1].config.projection_dim), device=self.device))
 
-    def condition_inputs(self, cond: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder_hidden_states, text_embeds) for prompt indices `cond` (None: the uncond branch)."""
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeds, pooled) for `prompts`, uncached: training captions are many and seen few times each."""
+        return self._encode(list(prompts))
+
+    def condition_inputs(self, cond, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder_hidden_states, text_embeds) for prompt indices `cond` or EncodedPrompts (None: the uncond branch)."""
         if cond is None:
             return self.uncond_embeddings(batch)
+        if isinstance(cond, EncodedPrompts):
+            return cond.embeds, cond.pooled
         if not self.prompts:
             raise OdebenchError("the SDXL teacher has no prompts (pass --prompts FILE, or 'builtin')")
         key = tuple(cond.reshape(-1).tolist())
@@ -255,13 +262,20 @@ class SDXLTeacher(DiscreteVPTeacher):
         return self._last_batch[1]
 
     # -- the network -------------------------------------------------------------------------
+    def time_ids(self, cond, batch: int) -> torch.Tensor:
+        """add_time_ids per item: the training image's own (EncodedPrompts), else the output size's."""
+        if isinstance(cond, EncodedPrompts):
+            return cond.time_ids
+        return self.add_time_ids().expand(batch, -1)
+
     def run_unet(self, unet, x_in: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor, pooled: torch.Tensor,
-                 timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+                 timestep_cond: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One UNet pass on this teacher's device and dtype; the output comes back float32 where x_in lives."""
         dtype = next(unet.parameters()).dtype
         b = x_in.shape[0]
+        time_ids = self.add_time_ids().expand(b, -1) if time_ids is None else time_ids
         kw = {"added_cond_kwargs": {"text_embeds": pooled.to(self.device, dtype),
-                                    "time_ids": self.add_time_ids().to(self.device, dtype).expand(b, -1)}}
+                                    "time_ids": time_ids.to(self.device, dtype)}}
         if timestep_cond is not None:
             kw["timestep_cond"] = timestep_cond.to(self.device, dtype)
         with torch.no_grad():
@@ -271,7 +285,7 @@ class SDXLTeacher(DiscreteVPTeacher):
 
     def _model(self, x_in, t, cond):
         ehs, pooled = self.condition_inputs(cond, x_in.shape[0])
-        return self.run_unet(self.unet, x_in, t, ehs, pooled)
+        return self.run_unet(self.unet, x_in, t, ehs, pooled, time_ids=self.time_ids(cond, x_in.shape[0]))
 
     def _denoise_pair(self, x, sigma, cond):
         """Both CFG branches in one UNet batch (uncond first, as the pipeline orders them)."""
@@ -281,7 +295,8 @@ class SDXLTeacher(DiscreteVPTeacher):
         eu, pu = self.condition_inputs(None, b)
         ec, pc = self.condition_inputs(cond, b)
         x_in = (x * c_in).repeat(2, *([1] * (x.dim() - 1)))
-        out = self.run_unet(self.unet, x_in, t.repeat(2), torch.cat([eu, ec]), torch.cat([pu, pc]))
+        ids = self.time_ids(cond, b)  # both branches see the item's micro-conditioning (only the text is zeroed)
+        out = self.run_unet(self.unet, x_in, t.repeat(2), torch.cat([eu, ec]), torch.cat([pu, pc]), time_ids=torch.cat([ids, ids]))
         return self._to_denoised(x, s, c_in, out[:b]), self._to_denoised(x, s, c_in, out[b:])
 
     # -- images ------------------------------------------------------------------------------
