@@ -120,13 +120,14 @@ def build_tiny_sdxl(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, layout: str = "peft"):
+def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, layout: str = "peft", alpha: float | None = None):
     """A non-trivial fake LCM-LoRA: peft LoRA with random (init_lora_weights=False) A and B.
 
     layout "peft": pytorch_lora_weights.safetensors through StableDiffusionXLPipeline.save_lora_weights
     with peft keys (returns the path); "released": keys through convert_state_dict_to_diffusers, as
     direct-cms's save hook writes them; "kohya": one lcm_kohya.safetensors with kohya keys and alphas.
-    The last two return (path, the UNet's state dict with the LoRA merged by peft) for comparisons."""
+    The last two return (path, the UNet's state dict with the LoRA merged by peft) for comparisons;
+    so does "peft-alpha": peft keys with lora_alpha = `alpha` != rank, the config in the file's metadata."""
     import copy
 
     from diffusers import StableDiffusionXLPipeline
@@ -135,9 +136,10 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, layout: str
 
     unet = copy.deepcopy(unet)
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
-                                                "ff.net.2", "conv1", "conv2", "time_emb_proj"]))
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+                                        "ff.net.2", "conv1", "conv2", "time_emb_proj"])
+    unet.add_adapter(config)
     # peft key layout throughout by default (convert_state_dict_to_diffusers renames only the attention
     # projections to the old lora.up/down names, which diffusers' own loader then drops)
     layers = get_peft_model_state_dict(unet)
@@ -154,7 +156,8 @@ def write_lcm_lora(unet, folder: Path, seed: int = 3, rank: int = 4, layout: str
             from diffusers.utils import convert_state_dict_to_diffusers
 
             layers = convert_state_dict_to_diffusers(layers)
-        StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
+        metadata = config.to_dict() if layout == "peft-alpha" else None
+        StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
         path = folder / "pytorch_lora_weights.safetensors"
         if layout == "peft":
             return path

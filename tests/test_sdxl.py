@@ -322,15 +322,15 @@ def test_lcm_sdxl_unet_agrees_with_the_pipeline_and_embeds_w_minus_one(sdxl_dir,
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["released", "kohya"])
+@pytest.mark.parametrize("layout", ["released", "kohya", "peft-alpha"])
 def test_lora_layouts_load_every_tensor(base_teacher, tmp_path, layout):
     """direct-cms saves convert_state_dict_to_diffusers(peft state): mixed key names, and diffusers' loader
-    alone drops the renamed attention LoRAs; kohya files carry alphas. odebench's loader must reproduce
-    peft's own merge exactly for both."""
+    alone drops the renamed attention LoRAs; kohya files carry alphas; peft files carry lora_alpha in their
+    metadata (alpha != rank scales the update). odebench's loader must reproduce peft's own merge exactly."""
     from odebench.students.load import load_student
 
     ckpt = tmp_path / "checkpoint-500"
-    path, merged = write_lcm_lora(base_teacher.unet, ckpt, layout=layout)
+    path, merged = write_lcm_lora(base_teacher.unet, ckpt, layout=layout, alpha=8 if layout == "peft-alpha" else None)
     student, _ = load_student(str(ckpt if layout == "released" else path), base_teacher, allow_mismatch=True)
     assert student.convention.name == ("paper" if layout == "released" else "lcm")
     got = student.unet.state_dict()

@@ -215,8 +215,9 @@ def _lora_unet(teacher, path: Path):
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import get_peft_model_state_dict
 
-        state, alphas = StableDiffusionXLPipeline.lora_state_dict(str(weights.parent), weight_name=weights.name,
-                                                                  local_files_only=True)
+        # the adapter metadata carries peft's lora_alpha: without it an alpha != rank LoRA loads mis-scaled
+        state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+            str(weights.parent), weight_name=weights.name, local_files_only=True, return_lora_metadata=True)
         unet_sd = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
         if not unet_sd:
             raise OdebenchError(f"{weights}: no UNet LoRA weights in the file")
@@ -225,7 +226,7 @@ def _lora_unet(teacher, path: Path):
         # then silently drops the renamed ones (measured with diffusers 0.42)
         peft_sd = convert_unet_state_dict_to_peft(unet_sd)
         StableDiffusionXLPipeline.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
-                                                      adapter_name="student")
+                                                      adapter_name="student", metadata=metadata)
         loaded = len(get_peft_model_state_dict(unet, adapter_name="student"))
         if loaded != len(peft_sd):
             raise OdebenchError(f"{weights}: only {loaded} of {len(peft_sd)} LoRA tensors fit the teacher UNet")
