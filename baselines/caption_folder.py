@@ -13,13 +13,13 @@ Captions are never matched by position in a shared list: a missing line would sh
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from odebench.errors import OdebenchError
+from odebench.fileio import read_records
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CAPTION_COLUMNS = ("text", "caption", "prompt")
@@ -40,31 +40,6 @@ def _caption(row: dict, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise OdebenchError(f"{where}: the caption is empty or not text ({value!r})")
     return value.strip()
-
-
-def _rows(meta: Path) -> list[tuple[dict, str]]:
-    try:
-        text = meta.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise OdebenchError(f"{meta}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    rows = []
-    if meta.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OdebenchError(f"{meta}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise OdebenchError(f"{meta}:{n}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append((row, f"{meta}:{n}"))
-    else:
-        try:
-            rows = [(row, f"{meta}:{n}") for n, row in enumerate(csv.DictReader(text.splitlines()), 2)]
-        except csv.Error as e:
-            raise OdebenchError(f"{meta}: unreadable CSV ({e})") from None
-    return rows
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -89,7 +64,7 @@ def read_caption_folder(folder: Path | str) -> list[CaptionedImage]:
     pairs: list[tuple[Path, str]] = []
     if metas:
         seen: set[str] = set()
-        for row, where in _rows(metas[0]):
+        for row, where in read_records(metas[0]):
             name = row.get("file_name")
             if not isinstance(name, str) or not name.strip():
                 raise OdebenchError(f"{where}: no file_name")

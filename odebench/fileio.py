@@ -49,3 +49,42 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_text_utf8(path: Path) -> str:
+    """A text file's contents, or one OdebenchError line when it is not UTF-8."""
+    from odebench.errors import OdebenchError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OdebenchError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_records(path: Path) -> list[tuple[dict, str]]:
+    """Rows of a .jsonl (one JSON object per line; blank lines skipped) or .csv (header row) file, each
+    with "file:line" for error messages; a malformed line is one OdebenchError naming it."""
+    import csv
+    import json
+
+    from odebench.errors import OdebenchError
+
+    path = Path(path)
+    text = read_text_utf8(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OdebenchError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise OdebenchError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append((row, f"{path}:{n}"))
+        return rows
+    try:
+        return [(row, f"{path}:{n}") for n, row in enumerate(csv.DictReader(text.splitlines()), 2)]  # line 1: header
+    except csv.Error as e:
+        raise OdebenchError(f"{path}: unreadable CSV ({e})") from None

@@ -4,12 +4,12 @@ Sample i gets prompt i mod P, like class labels, so a sample's prompt never depe
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
 
 from odebench.errors import OdebenchError
+from odebench.fileio import read_records, read_text_utf8
 
 # Written here for smoke runs: varied subjects, styles, lengths and scene types.
 BUILTIN_PROMPTS = (
@@ -57,34 +57,13 @@ def load_prompts(source: str | Path | None = None, column: str | None = None) ->
     path = Path(source)
     if not path.is_file():
         raise OdebenchError(f"prompt file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise OdebenchError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     suffix = path.suffix.lower()
-    prompts: list[str] = []
-    if suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OdebenchError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise OdebenchError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
-            prompts.append(_column(row, column, f"{path}:{n}"))
-    elif suffix == ".csv":
-        try:
-            rows = list(csv.DictReader(text.splitlines()))
-        except csv.Error as e:
-            raise OdebenchError(f"{path}: unreadable CSV ({e})") from None
-        for n, row in enumerate(rows, 2):  # line 1 is the header
-            prompts.append(_column(row, column, f"{path}:{n}"))
+    if suffix in (".jsonl", ".csv"):
+        prompts = [_column(row, column, where) for row, where in read_records(path)]
     else:
         if column is not None:
             raise OdebenchError(f"{path}: --prompt-column applies to .jsonl/.csv files; a text file has one prompt per line")
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts = [line.strip() for line in read_text_utf8(path).splitlines() if line.strip()]
     if not prompts:
         raise OdebenchError(f"{path}: no prompts found")
     return prompts

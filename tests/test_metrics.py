@@ -60,6 +60,23 @@ def test_kid_unbiased_and_matches_direct_computation():
     assert v == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-9)
 
 
+@pytest.mark.parametrize("subset_size", [100, 1000])
+def test_kid_stderr_matches_the_spread_of_independent_draws(subset_size):
+    """The reported stderr against the actual spread of KID over independent sample sets, also when
+    the subsets take whole sets (subset_size >= n), where subset-to-subset spread is zero."""
+    rng = np.random.default_rng(5)
+    n, d = 200, 6
+    vals, errs = [], []
+    for _ in range(40):
+        x = rng.standard_normal((n, d)) + 0.3
+        y = rng.standard_normal((n, d))
+        v, e = kid(x, y, subsets=20, subset_size=subset_size)
+        vals.append(v)
+        errs.append(e)
+    actual = np.std(vals, ddof=1)
+    assert 0.5 * actual < np.median(errs) < 2.0 * actual, (actual, np.median(errs))
+
+
 def test_ode_error_metrics_against_numpy():
     rng = np.random.default_rng(3)
     ref = rng.standard_normal((50, 2, 3))

@@ -63,14 +63,9 @@ def _cubic_kernel(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
     return k * k * k
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Kernel distance: unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3 (Binkowski et al. 2018), averaged
-    over seeded random subsets. The uncertainty is the subset spread scaled by sqrt(m/n), the
-    standard error of a size-n unbiased estimate when MMD^2 variance falls as 1/m."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+def _kid_subsets(a: np.ndarray, b: np.ndarray, m: int, subsets: int, rng) -> np.ndarray:
+    """Unbiased MMD^2 (cubic kernel) of `subsets` seeded random size-m subsets of a and b."""
     d = a.shape[1]
-    m = min(subset_size, len(a), len(b))
-    rng = np.random.default_rng(seed)
     vals = []
     for _ in range(subsets):
         x = a[rng.choice(len(a), m, replace=False)]
@@ -78,6 +73,22 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 1000
         kxx, kyy, kxy = _cubic_kernel(x, x, d), _cubic_kernel(y, y, d), _cubic_kernel(x, y, d)
         off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         vals.append(off - 2 * kxy.mean())
-    vals = np.asarray(vals)
-    spread = vals.std(ddof=1) if subsets > 1 else float("nan")
-    return float(vals.mean()), float(spread * np.sqrt(m / min(len(a), len(b))))
+    return np.asarray(vals)
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel distance: unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3 (Binkowski et al. 2018), averaged
+    over seeded random subsets. The uncertainty is the subset spread scaled by sqrt(m/n), the
+    standard error of a size-n unbiased estimate when MMD^2 variance falls as 1/m."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = min(len(a), len(b))
+    m = min(subset_size, n)
+    rng = np.random.default_rng(seed)
+    vals = _kid_subsets(a, b, m, subsets, rng)
+    if subsets < 2:
+        return float(vals.mean()), float("nan")
+    # subsets that take all of the smaller set barely vary, and their spread would understate the
+    # error: measure the spread on half-size subsets instead and scale it the same way
+    m_spread = m if m < n else max(2, m // 2)
+    spread_vals = vals if m_spread == m else _kid_subsets(a, b, m_spread, subsets, rng)
+    return float(vals.mean()), float(spread_vals.std(ddof=1) * np.sqrt(m_spread / n))

@@ -30,6 +30,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _grid(n: int, max_cols: int, width: float, height: float):
+    """A figure with n panels in rows of at most max_cols (spare axes hidden), and the n axes."""
+    plt = _pyplot()
+    cols = min(max_cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
 def curves_figure(runs: list[Run]) -> bytes | None:
     """ODE error of the student applied along the reference trajectory, per sigma, one line per run."""
     have = [r for r in runs if r.result.get("curves", {}).get("ode_mse_vs_sigma")]
@@ -58,11 +69,8 @@ def ode_vs_quality_figure(runs: list[Run], ode_metric: str, metrics: list[str]) 
     metrics = [k for k in metrics if sum(k in r.result["metrics"] and ode_metric in r.result["metrics"] for r in runs) >= 2]
     if not metrics:
         return None
-    plt = _pyplot()
-    cols = min(3, len(metrics))
-    rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.4 * rows), squeeze=False)
-    for ax, k in zip(axes.flat, metrics):
+    fig, axes = _grid(len(metrics), 3, 4.3, 3.4)
+    for ax, k in zip(axes, metrics):
         for r in runs:
             m = r.result["metrics"]
             if k not in m or ode_metric not in m or m[k]["value"] is None:
@@ -75,8 +83,6 @@ def ode_vs_quality_figure(runs: list[Run], ode_metric: str, metrics: list[str]) 
         ax.set_xlabel(ode_metric)
         ax.set_ylabel(f"{k} ({'higher' if hib else 'lower'} is better)")
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
     fig.suptitle(f"{ode_metric} vs quality, one point per run (bars: 95%)")
     fig.tight_layout()
     return _png(fig)
@@ -94,11 +100,8 @@ def per_sample_figure(runs: list[Run]) -> bytes | None:
                 panels.append((r.name, k.split(".", 1)[1], ps["ode_se"], ps[k]))
     if not panels:
         return None
-    plt = _pyplot()
-    cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    for ax, (name, q, se, score) in zip(axes.flat, panels):
+    fig, axes = _grid(len(panels), 4, 3.6, 3.0)
+    for ax, (name, q, se, score) in zip(axes, panels):
         ax.scatter(np.maximum(se, 1e-12), score, s=4, alpha=0.5)
         ax.set_xscale("log")
         rho = spearman(se, score)
@@ -106,7 +109,5 @@ def per_sample_figure(runs: list[Run]) -> bytes | None:
         ax.set_xlabel("per-sample ODE error", fontsize=8)
         ax.set_ylabel(q, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
     fig.tight_layout()
     return _png(fig)

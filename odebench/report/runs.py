@@ -45,14 +45,16 @@ class Run:
 
 def find_runs(names: list[str], runs_dir: Path) -> list[Run]:
     """Runs by name (a directory under `runs_dir`) or path (a run directory or its result.json), in the
-    order given; with no names, every run in `runs_dir` in name order."""
+    order given; with no names, every run in `runs_dir` in the order they were written (the row order
+    of the `odebench run` that made them), ties by name."""
     from odebench.results import read_result
 
     runs_dir = Path(runs_dir)
     if not names:
         if not runs_dir.is_dir():
             raise OdebenchError(f"no runs directory {runs_dir} (give run names, or --runs-dir)")
-        names = sorted(p.name for p in runs_dir.iterdir() if (p / "result.json").is_file())
+        found = [p for p in runs_dir.iterdir() if (p / "result.json").is_file()]
+        names = [p.name for p in sorted(found, key=lambda p: ((p / "result.json").stat().st_mtime_ns, p.name))]
         if not names:
             raise OdebenchError(f"no runs in {runs_dir} (a run is a directory with result.json; make one with `odebench run`)")
     runs: list[Run] = []
