@@ -85,10 +85,12 @@ def test_agreement_verdicts():
     assert a.spearman_ci[0] < 0 < a.spearman_ci[1]
 
 
-def test_best_needs_a_clear_interval():
+def test_best_needs_a_significant_gap():
     assert best_index([Cell(1.0, 0.1), Cell(2.0, 0.1)], higher_is_better=False) == 0
     assert best_index([Cell(1.0, 0.1), Cell(2.0, 0.1)], higher_is_better=True) == 1
-    assert best_index([Cell(1.0, 0.3), Cell(1.5, 0.3)], higher_is_better=False) is None  # intervals overlap
+    assert best_index([Cell(1.0, 0.3), Cell(1.5, 0.3)], higher_is_better=False) is None  # 0.5 < 1.96 * 0.42
+    # 95% intervals overlap a little, but the difference is 2.6 standard errors: significant
+    assert best_index([Cell(0.736, 0.02), Cell(0.809, 0.02)], higher_is_better=True) == 1
     # the runner-up is clear but a noisy third run still reaches the leader
     assert best_index([Cell(1.0, 0.01), Cell(1.5, 0.01), Cell(3.0, 1.5)], higher_is_better=False) is None
     assert best_index([Cell(1.0, None), Cell(None, None)], higher_is_better=False) is None  # one value: nothing to beat

@@ -1,14 +1,15 @@
-"""The side-by-side table: one row per metric, one column per run, the best value marked only when
-its interval clears every other run's; and the reasons two runs are not comparable."""
+"""The side-by-side table: one row per metric, one column per run, the best value marked only when it
+beats every other run significantly; and the reasons two runs are not comparable."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from odebench.report.runs import Run
 
-Z = 1.96  # intervals are value +- Z * stderr (95% under a normal approximation)
+Z = 1.96  # 95% under a normal approximation
 
 
 @dataclass
@@ -30,24 +31,19 @@ class Row:
                 "identity": self.identity, "values": [{"value": c.value, "stderr": c.stderr} for c in self.cells]}
 
 
-def interval(c: Cell) -> tuple[float, float]:
-    e = Z * (c.stderr or 0.0)
-    return c.value - e, c.value + e
-
-
 def best_index(cells: list[Cell], higher_is_better: bool) -> int | None:
-    """The run that is best with its whole interval clear of every other run's interval, else None."""
+    """The run that beats every other run by more than Z standard errors of the difference
+    (sqrt(se_a^2 + se_b^2), a two-sided 5% test under a normal approximation), else None."""
     have = [(i, c) for i, c in enumerate(cells) if c.value is not None]
     if len(have) < 2:
         return None
     sign = 1.0 if higher_is_better else -1.0
     have.sort(key=lambda ic: sign * ic[1].value, reverse=True)
     i0, c0 = have[0]
-    lo0, hi0 = interval(c0)
-    # not only the runner-up: a wide interval further down the order can still reach the leader's
+    # not only the runner-up: a noisy run further down the order can still be within reach
     for _, c in have[1:]:
-        lo, hi = interval(c)
-        if (higher_is_better and hi >= lo0) or (not higher_is_better and lo <= hi0):
+        gap = sign * (c0.value - c.value)
+        if gap <= Z * math.hypot(c0.stderr or 0.0, c.stderr or 0.0):
             return None
     return i0
 

@@ -18,8 +18,8 @@ FIGURES = {  # file stem -> caption
     "curves": "ODE error vs sigma: the student applied at points of the reference trajectory",
     "per_sample": "Per-sample ODE error against per-sample quality within each run",
 }
-BEST_NOTE = (f"Best value marked where its 95% interval (value ± {Z} stderr) clears every other run's; "
-             "no mark means no clear winner.")
+BEST_NOTE = (f"Best value marked where it beats every other run by more than {Z} standard errors of the "
+             "difference (a 5% test); no mark means no clear winner. ± is one standard error.")
 AGREEMENT_NOTE = ("Agreement = rank correlation across runs between better ODE solving (lower ODE error) and better "
                   "quality (each metric oriented so that higher is better): +1 means the runs' order by ODE error "
                   "is their order by quality. The 95% interval redraws every run's numbers from their standard "
