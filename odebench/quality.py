@@ -196,8 +196,9 @@ class ImageQuality:
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:
-                metrics["clip_score"] = self.clip.clip_score(images, self.prompts[:len(images)], image_embeddings=emb)
+                # per-sample cosines once (the prompt encoding is the cost); the metric is their mean
                 per_sample["clip_score"] = self.clip.cosines(images, self.prompts[:len(images)], image_embeddings=emb)
+                metrics["clip_score"] = self.clip.clip_score(images, self.prompts[:len(images)], cosines=per_sample["clip_score"])
             if self.aesthetic is not None:
                 metrics["aesthetic"] = self.aesthetic.aesthetic_score(images, image_embeddings=emb)
                 per_sample["aesthetic"] = self.aesthetic.scores_from_embeddings(emb)

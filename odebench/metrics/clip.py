@@ -226,9 +226,10 @@ class ClipScorer:
         return np.sum(img * self.text_embeddings(prompts), axis=1)
 
     def clip_score(self, images: np.ndarray, prompts: Sequence[str], torchmetrics_form: bool = False,
-                   image_embeddings: np.ndarray | None = None) -> MetricValue:
-        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0)."""
-        cos = self.cosines(images, prompts, image_embeddings)
+                   image_embeddings: np.ndarray | None = None, cosines: np.ndarray | None = None) -> MetricValue:
+        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0).
+        `cosines` (from `cosines()`) skips re-encoding images and prompts when they are already scored."""
+        cos = self.cosines(images, prompts, image_embeddings) if cosines is None else np.asarray(cosines, np.float64)
         if torchmetrics_form:
             per, scale = 100.0 * np.maximum(cos, 0.0), "100 * max(cos, 0) (torchmetrics form)"
         else:
