@@ -298,8 +298,10 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
         curve = None if getattr(student, "is_reference", False) else _curve(student, ref, conditions, min(config.curve_samples, n))
         if curve is not None:
+            # the levels share their samples, so the stderr of the mean over levels is at most the mean stderr
             metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
-                                                      None, ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
+                                                      float(sum(curve["stderr"]) / len(curve["stderr"])),
+                                                      ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
         t_curve = time.perf_counter() - t1
         extras: dict[str, Any] = {}
         per_sample_quality: dict[str, Any] = {}

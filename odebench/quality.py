@@ -68,7 +68,8 @@ class DigitsQuality:
         if self._teacher_features is None:
             self._teacher_features = self.features(self.teacher.decode(reference))
         metrics = distribution_metrics(feats, self.real, "digits", self.features.identity, "real", self.REAL)
-        metrics.update(distribution_metrics(feats, self._teacher_features, "digits", self.features.identity, "teacher", self.TEACHER))
+        metrics.update(distribution_metrics(feats, self._teacher_features, "digits", self.features.identity, "teacher",
+                                            self.TEACHER, paired=True))
         per_sample: dict[str, np.ndarray] = {}
         if self.labels is not None:
             per_sample = label_scores(images, self.labels.numpy())
@@ -192,7 +193,8 @@ class ImageQuality:
                 ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
                 self._ref_features[key] = ext(ref_images)
             metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
-                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False))
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False,
+                                                paired=True))
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:

@@ -178,6 +178,27 @@ def test_cli_report_formats(gmm_runs, tmp_path, monkeypatch):
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
 
 
+def test_terminal_report_is_whole_at_80_columns(gmm_runs):
+    """Every number and verdict whole at 80 columns (the width of CI logs and `| tee`): no ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    from odebench.report.render import _cell, print_report
+
+    rep = build_report(find_runs(["ddim-2", "ddim-8", "heun-3", "ref", "ddim8-seed1"], gmm_runs))
+    buf = io.StringIO()
+    print_report(Console(file=buf, width=80, color_system=None), rep)
+    out = buf.getvalue()
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    for row in rep.rows:
+        for i in range(len(rep.runs)):
+            assert _cell(row, i) in out
+    for ag in rep.agreements:
+        assert ag.verdict in out
+    assert "scale of kid_exact: raw unbiased MMD^2" in out
+
+
 @pytest.mark.parametrize("args, needle", [
     (["report", "nope"], "no run 'nope'"),
     (["report", "ddim-2", "-f", "pdf"], "unknown --format"),

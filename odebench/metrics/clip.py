@@ -14,7 +14,8 @@ shorter side to 224 with PIL bicubic, centre crop 224, OpenAI mean/std).
 
 CLIP score = mean over image/prompt pairs of the raw cosine of the L2-normalised image and text
 embeddings (about 0.2-0.35 for matching pairs), with the standard error of the mean.
-`clip_score(..., torchmetrics_form=True)` gives torchmetrics' 100 * max(cos, 0) instead.
+`clip_score(..., torchmetrics_form=True)` gives torchmetrics' max(100 * mean(cos), 0) instead (the clamp
+comes after the average, as torchmetrics.functional.multimodal.clip_score computes it).
 """
 from __future__ import annotations
 
@@ -227,16 +228,16 @@ class ClipScorer:
 
     def clip_score(self, images: np.ndarray, prompts: Sequence[str], torchmetrics_form: bool = False,
                    image_embeddings: np.ndarray | None = None, cosines: np.ndarray | None = None) -> MetricValue:
-        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0).
+        """Mean cosine between each image and its prompt; torchmetrics_form: max(100 * mean(cos), 0).
         `cosines` (from `cosines()`) skips re-encoding images and prompts when they are already scored."""
         cos = self.cosines(images, prompts, image_embeddings) if cosines is None else np.asarray(cosines, np.float64)
+        m, se = mean_stderr(cos)
         if torchmetrics_form:
-            per, scale = 100.0 * np.maximum(cos, 0.0), "100 * max(cos, 0) (torchmetrics form)"
+            m, se, scale = max(100.0 * m, 0.0), 100.0 * se, "max(100 * mean(cos), 0) (torchmetrics form: clamped after averaging)"
         else:
-            per, scale = cos, "raw cosine of L2-normalised embeddings (x1)"
-        m, se = mean_stderr(per)
-        ident = f"{self.backbone}; {self.preprocess_identity}; open_clip tokenizer; {scale}; mean over {len(per)} pairs, stderr of mean"
-        return value("clip_score", m, se, ident, len(per))
+            scale = "raw cosine of L2-normalised embeddings (x1)"
+        ident = f"{self.backbone}; {self.preprocess_identity}; open_clip tokenizer; {scale}; mean over {len(cos)} pairs, stderr of mean"
+        return value("clip_score", m, se, ident, len(cos))
 
 
 def fd_clip(features: np.ndarray, ref_features: np.ndarray, ref_set: str, extractor_identity: str,

@@ -53,8 +53,8 @@ def mixture_quality(samples: torch.Tensor, exact: torch.Tensor, mixture: Gaussia
     ident = f"exact mixture density; {ref_set}; n={n}"
     metrics = {
         "loglik": value("loglik", ll_mean, ll_err, f"mean log p(x) under the true mixture ({'class sub-mixture' if mask is not None else 'full mixture'}), nats, sigma=0", n),
-        "fd_exact": value("fd_exact", fd, fd_err, f"Frechet distance in data space (d={mix.dim}) vs {len(b)} {ref_set}; float64 eigen-trace; bootstrap stderr", n),
-        "kid_exact": value("kid_exact", kid_v, kid_err, f"unbiased MMD^2, kernel (x.y/d+1)^3, 20 seeded subsets of {min(500, n)} vs {ref_set}", n),
+        "fd_exact": value("fd_exact", fd, fd_err, f"Frechet distance in data space (d={mix.dim}), scale: squared data units, vs {len(b)} {ref_set}; float64 eigen-trace; bootstrap stderr", n),
+        "kid_exact": value("kid_exact", kid_v, kid_err, f"KID, scale: raw unbiased MMD^2 (x1), kernel (x.y/d+1)^3, 20 seeded subsets of {min(500, n)} vs {ref_set}", n),
         "mode_coverage": value("mode_coverage", cov, bootstrap_stderr(coverage, n, reps=100), f"modes holding >= 1/4 of their expected share of in-mode samples (99% ellipsoid); {ident}", n),
         "mode_precision": value("mode_precision", prec, math.sqrt(prec * (1 - prec) / n), f"inside chi2(d) 99% ellipsoid of argmax-responsibility mode; {ident}", n),
     }

@@ -37,6 +37,22 @@ def figures(report: Report) -> dict[str, bytes]:
     return {k: v for k, v in made.items() if v is not None}
 
 
+def scales(report: Report) -> list[tuple[str, str]]:
+    """(metric, scale) for the rows whose identity states a scale ("..., scale: raw MMD^2 (x1 ...), ...")."""
+    out = []
+    for row in report.rows:
+        if "scale: " in row.identity:
+            text = row.identity.split("scale: ", 1)[1]
+            depth, end = 0, len(text)
+            for i, ch in enumerate(text):  # up to the first comma or semicolon outside parentheses
+                depth += (ch == "(") - (ch == ")")
+                if ch in ",;" and depth == 0:
+                    end = i
+                    break
+            out.append((row.metric, text[:end]))
+    return out
+
+
 def _cell(row, i: int) -> str:
     c = row.cells[i]
     return fmt(c.value, c.stderr)
@@ -75,31 +91,31 @@ def _info_rows(report: Report) -> list[tuple[str, list[str]]]:
 # ---------------------------------------------------------------- terminal
 
 def print_report(console, report: Report) -> None:
-    from rich.table import Table
+    from rich.markup import escape
 
-    t = Table(title=_title(report), caption=BEST_NOTE)
-    t.add_column("metric")
-    for r in report.runs:
-        t.add_column(r.name, justify="right")
-    for label, vals in _info_rows(report):
-        t.add_row(f"[dim]{label}", *[f"[dim]{v}" for v in vals])
-    t.add_section()
-    for row in report.rows:
-        arrow = "↑" if row.higher_is_better else "↓"
-        t.add_row(f"{row.metric} {arrow}", *[f"[bold green]★ {_cell(row, i)}" if row.best == i else _cell(row, i)
-                                              for i in range(len(report.runs))])
-    console.print(t)
+    from odebench.table import print_grid
+
+    info = _info_rows(report)
+    labels = [f"[dim]{label}" for label, _ in info]
+    labels += [f"{row.metric} {'↑' if row.higher_is_better else '↓'}" for row in report.rows]
+    columns = []
+    for i, r in enumerate(report.runs):
+        cells = [f"[dim]{escape(vals[i])}" for _, vals in info]
+        cells += [f"[bold green]★ {_cell(row, i)}" if row.best == i else _cell(row, i) for row in report.rows]
+        columns.append((escape(r.name), cells))
+    print_grid(console, _title(report), labels, columns, caption=BEST_NOTE)
+    for metric, scale in scales(report):
+        console.print(f"[dim]scale of {metric}: {escape(scale)}")
     console.print(_context(report).replace("`", ""))
     for w in report.warnings:
         console.print(f"[yellow]warning: {w}")
     if report.agreements:
-        a = Table(title=f"does lower {report.ode_metric} go with better samples?", caption=AGREEMENT_NOTE)
-        for c in ("quality metric", "runs", "Spearman", "95% interval", "Kendall", "95% interval", "verdict"):
-            a.add_column(c)
-        for ag in report.agreements:
-            a.add_row(ag.metric, str(len(ag.runs)), _num(ag.spearman), _interval(ag.spearman_ci), _num(ag.kendall),
-                      _interval(ag.kendall_ci), ag.verdict)
-        console.print(a)
+        ags = report.agreements
+        print_grid(console, f"does lower {report.ode_metric} go with better samples?", [ag.metric for ag in ags],
+                   [("runs", [str(len(ag.runs)) for ag in ags]),
+                    ("Spearman [95%]", [f"{_num(ag.spearman)} {_interval(ag.spearman_ci)}" for ag in ags]),
+                    ("Kendall [95%]", [f"{_num(ag.kendall)} {_interval(ag.kendall_ci)}" for ag in ags]),
+                    ("verdict", [ag.verdict for ag in ags])], caption=AGREEMENT_NOTE, label_header="quality metric")
         for line in report.verdict_lines():
             console.print(f"verdict: {line}")
     else:
@@ -128,7 +144,11 @@ def markdown(report: Report, fig_files: dict[str, str], grid_files: dict[str, st
         arrow = "↑" if row.higher_is_better else "↓"
         cells = [f"**{_cell(row, i)}**" if row.best == i else _cell(row, i) for i in range(len(report.runs))]
         out.append(f"| {row.metric} {arrow} | " + " | ".join(cells) + " |")
-    out += ["", BEST_NOTE, "", f"## Does lower {report.ode_metric} go with better samples?", ""]
+    out += ["", BEST_NOTE, ""]
+    out += [f"- scale of `{m}`: {_md_escape(sc)}" for m, sc in scales(report)]
+    out += ["", "<details><summary>Metric definitions (each metric's identity)</summary>", ""]
+    out += [f"- `{row.metric}`: {_md_escape(row.identity)}" for row in report.rows]
+    out += ["", "</details>", "", f"## Does lower {report.ode_metric} go with better samples?", ""]
     if report.agreements:
         out += ["| quality metric | runs | Spearman | 95% interval | Kendall | 95% interval | verdict |",
                 "|---|---:|---:|---|---:|---|---|"]
@@ -243,6 +263,10 @@ def html_page(report: Report) -> str:
                         for i in range(len(report.runs)))
         parts.append(f"<tr><td title=\"{e(row.identity)}\">{e(row.metric)} {arrow}</td>{cells}</tr>")
     parts.append(f"</tbody></table><p class=note>{e(BEST_NOTE)}</p>")
+    parts += [f"<p class=note>scale of {e(m)}: {e(sc)}</p>" for m, sc in scales(report)]
+    parts.append("<details><summary>Metric definitions</summary><ul>"
+                 + "".join(f"<li><code>{e(row.metric)}</code>: {e(row.identity)}</li>" for row in report.rows)
+                 + "</ul></details>")
     parts.append(f"<h2>Does lower {e(report.ode_metric)} go with better samples?</h2>")
     if report.agreements:
         parts.append("<table id=agreement><thead><tr><th>quality metric</th><th>runs</th><th>Spearman</th><th>95% interval</th>"
