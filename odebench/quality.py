@@ -192,7 +192,7 @@ class ImageQuality:
                 ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
                 self._ref_features[key] = ext(ref_images)
             metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
-                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False))
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap))
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:
