@@ -93,12 +93,14 @@ def run(
     student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
     student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
     ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else paper for SDXL)."),
-    metrics: str = typer.Option("auto", help="SDXL image metrics. auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
+    metrics: str = typer.Option("auto", help="SDXL image metrics (fid, fd_dinov2, clip_score, aesthetic, cmmd). auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
     fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
     dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),
     clip_weights: Optional[str] = typer.Option(None, help="open_clip weights file or pretrained tag (default ViT-L/14 OpenAI)."),
     clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture (default ViT-L-14-quickgelu)."),
     aesthetic_weights: Optional[str] = typer.Option(None, help="LAION aesthetic predictor sac+logos+ava1-l14-linearMSE.pth."),
+    cmmd_weights: Optional[str] = typer.Option(None, help="CMMD's CLIP ViT-L/14-336 weights: an open_clip file or pretrained tag (default openai: timm/vit_large_patch14_clip_336.openai, or ViT-L-14-336px.pt)."),
+    cmmd_arch: Optional[str] = typer.Option(None, help="open_clip architecture for CMMD (default ViT-L-14-336-quickgelu)."),
     fd_bootstrap: int = typer.Option(10, help="Bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none; each costs one FD)."),
 ):
     """Score students against the teacher's reference PF-ODE solution; one result directory per student."""
@@ -114,7 +116,7 @@ def run(
     teacher_options = {k: v for k, v in {"dtype": model_dtype, "device": device, "vae": vae, "height": height, "width": width,
                                          "uncond": uncond_embeddings}.items() if v is not None}
     weights = {k: v for k, v in {"fid": fid_weights, "dinov2": dinov2_weights, "clip": clip_weights, "clip_arch": clip_arch,
-                                 "aesthetic": aesthetic_weights}.items() if v is not None}
+                                 "aesthetic": aesthetic_weights, "cmmd": cmmd_weights, "cmmd_arch": cmmd_arch}.items() if v is not None}
     spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=None if model_dtype else dtype,
                       batch=ref_batch, options=parse_solver_options(solver_option or []))
     config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
