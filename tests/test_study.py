@@ -65,6 +65,11 @@ def test_interrupted_study_resumes_and_never_retrains_a_finished_point(uninterru
     assert len(study_a["points"]) == 8
     # one training run per method and seed serves both budgets: 8 steps each, not 4 + 8
     assert study_a["compute"]["train_steps"] == 4 * 8
+    # one reference for the grid: solved by the first run, read from the cache by all others, same noise
+    results = [json.loads((root_a / p["run"] / "result.json").read_text()) for p in study_a["points"]]
+    assert results[0]["nfe"]["reference"]["teacher_evals_this_run"] > 0
+    assert all(r["nfe"]["reference"]["teacher_evals_this_run"] == 0 for r in results[1:])
+    assert len({json.dumps([r["reference"]["solver"], r["seeds"], r["samples"]]) for r in results}) == 1
     root = tmp_path / "b"
     stop = "direct-l2-ddim-full-seed0-8steps"
     first = Recorder(stop_at=(stop, 7))  # after the checkpoint at step 6

@@ -36,6 +36,8 @@ AGREE_NOTE = (f"Rank agreement across runs between better ODE solving (lower {OD
               f"quality. The {LEVEL:.0%} interval is a pairs bootstrap over runs (whole runs resampled with "
               "replacement, 2,000 seeded draws, percentile interval): runs are draws, not fixed. 'within a budget' "
               "removes the trivial agreement of training longer.")
+SPECTRAL_NOTE = ("in the ODE state space; hf_energy_ratio = the samples' energy above 2/3 of Nyquist over the "
+                 "reference's from the same noise: 1 matched, < 1 lost high frequencies (blur), > 1 excess")
 
 
 @dataclass
@@ -97,9 +99,21 @@ class StudyReport:
             lines.append(head)
         return lines
 
+    def spectral_lines(self) -> list[str]:
+        """Per cell: the high band's share of the ODE error and the blur indicator (image domains only)."""
+        lines = []
+        for c in self.cells:
+            hf, high, total = (c.stats.get(k) for k in ("hf_energy_ratio", "ode_mse@ref[band=high]", ODE_METRIC))
+            if hf is None or hf.mean is None or high is None or not total.mean:
+                continue
+            lines.append(f"{self.cell_label(c)}: {high.mean / total.mean:.0%} of the ODE error in the high band; "
+                         f"hf_energy_ratio {_iv(hf)}")
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "study": str(self.root), "teacher": self.study.get("teacher"),
                 "config": self.study.get("config"), "compute": self.compute(), "headline": self.headline(),
+                "spectral": self.spectral_lines(),
                 "cells": [{**c.to_dict(), "label": self.cell_label(c)} for c in self.cells],
                 "differences": [d.to_dict() for d in self.differences],
                 "agreement": [a.to_dict() for a in self.agreements],
@@ -191,7 +205,7 @@ def _ci(ci) -> str:
 
 
 def _context(rep: StudyReport) -> str:
-    cfg, t = rep.study.get("config", {}), rep.study.get("teacher", {})
+    t = rep.study.get("teacher", {})
     ev = rep.points[0]["identity"]["evaluation"]
     tr = rep.points[0]["identity"]["train"]
     g = t.get("guidance", {})
@@ -209,8 +223,7 @@ def _context(rep: StudyReport) -> str:
             f"({len(rep.points)} runs). Evaluation: {ev['samples']} samples from noise seed {ev['seed']}, reference "
             f"{ev['reference']['method']} rtol={ev['reference']['rtol']:g} atol={ev['reference']['atol']:g}, one "
             f"reference for every run. Compute: training {(comp['train_s'] or 0) / 60:.1f} min ({comp['train_steps']} "
-            f"optimiser steps; {per}), evaluation {(comp['eval_s'] or 0) / 60:.1f} min. Study: `{cfg.get('teacher')}`, "
-            f"{len(rep.cells)} cells.")
+            f"optimiser steps; {per}), evaluation {(comp['eval_s'] or 0) / 60:.1f} min; {len(rep.cells)} cells.")
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -261,6 +274,8 @@ def markdown(rep: StudyReport, fig_files: dict[str, str], grid_files: list[tuple
     title = f"odebench study: CM vs Direct CM on `{rep.study.get('teacher', {}).get('spec')}`"
     out = [f"# {title}", "", _context(rep), "", "## Headline (CM - Direct CM per budget)", ""]
     out += [f"- {line}" for line in rep.headline()] + [""]
+    if rep.spectral_lines():
+        out += [f"Spectral diagnostics ({SPECTRAL_NOTE}):", ""] + [f"- {line}" for line in rep.spectral_lines()] + [""]
     out += ["## CM - Direct CM, per metric and budget", ""] + _md_table(*difference_table(rep)) + ["", DIFF_NOTE, ""]
     out += ["## Cells over seeds", ""] + _md_table(*cell_table(rep)) + ["", CELL_NOTE, ""]
     out += [f"## Does lower {ODE_METRIC} go with better samples?", ""]
@@ -336,6 +351,9 @@ def html_page(rep: StudyReport) -> str:
              f"<h1>{e(title)}</h1><p>{e(_context(rep).replace('`', ''))}</p><p id=image-check></p>",
              "<h2>Headline (CM - Direct CM per budget)</h2><ul>"]
     parts += [f"<li class=verdict>{e(line)}</li>" for line in rep.headline()]
+    if rep.spectral_lines():
+        parts += [f"</ul><p>Spectral diagnostics ({e(SPECTRAL_NOTE)}):</p><ul>"]
+        parts += [f"<li>{e(line)}</li>" for line in rep.spectral_lines()]
     parts += ["</ul><h2>CM - Direct CM, per metric and budget</h2>", _html_table(*difference_table(rep), "differences"),
               f"<p class=note>{e(DIFF_NOTE)}</p><h2>Cells over seeds</h2>", _html_table(*cell_table(rep), "cells"),
               f"<p class=note>{e(CELL_NOTE)}</p><h2>Does lower {e(ODE_METRIC)} go with better samples?</h2>"]
@@ -378,6 +396,8 @@ def print_study(console, rep: StudyReport) -> None:
     console.print(_context(rep).replace("`", ""))
     for line in rep.headline():
         console.print(f"verdict: {line}")
+    for line in rep.spectral_lines():
+        console.print(f"spectral: {line}")
     for title, (header, rows), note in (("CM - Direct CM", difference_table(rep), DIFF_NOTE),
                                         ("cells over seeds", cell_table(rep), CELL_NOTE),
                                         (f"does lower {ODE_METRIC} go with better samples?", agreement_table(rep), AGREE_NOTE)):

@@ -7,7 +7,6 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from odebench.errors import OdebenchError
@@ -173,7 +172,7 @@ def plan(config: StudyConfig) -> tuple[list[Point], dict[str, Any]]:
                         curve_points=c.curve_points, curve_samples=c.curve_samples, floor_samples=c.floor_samples,
                         ksteps=tuple(c.ksteps))
     run_cfg.validate()
-    teacher_id = {"spec": c.teacher if not str(c.teacher).endswith(".json") else str(Path(c.teacher)),
+    teacher_id = {"spec": str(c.teacher),
                   "name": teacher.name, "fingerprint": teacher.fingerprint(), "guidance": teacher.guidance.to_dict(),
                   "conditional": teacher.default_conditional}
     evaluation = {"samples": c.samples if c.samples is not None else teacher.default_samples, "seed": c.eval_seed,

@@ -96,6 +96,10 @@ def run_study(config: StudyConfig, out: Path, progress: StudyProgress | None = N
     from odebench.bench import RunConfig, run
     from odebench.teachers.base import Guidance
 
+    from odebench.distributed import world_size
+
+    if world_size() > 1:  # every rank would train and write the same points
+        raise OdebenchError("odebench study runs in one process; launch it without accelerate/torchrun")
     progress = progress or StudyProgress()
     points, teacher = plan(config)  # every input error surfaces here, before any training
     root = Path(out)
