@@ -275,3 +275,20 @@ def test_cli_study_plan_and_report_formats(uninterrupted, tmp_path):
     assert r.exit_code == 2 and "drop the run names" in r.output
     r = _invoke(["study", "--teacher", "gmm", "--steps", "4,x", "--out", tmp_path / "y"])
     assert r.exit_code == 2 and "comma list" in r.output
+
+
+def test_cli_study_runs_and_resumes(tmp_path):
+    args = ["study", "--teacher", "gmm", "--methods", "cm", "--steps", "2", "--seeds", "1", "--batch-size", "8",
+            "--hidden", "8", "--depth", "1", "--grid", "5", "--checkpoint-every", "1", "--samples", "16",
+            "--curve-points", "2", "--curve-samples", "4", "--floor-samples", "0", "--out", tmp_path / "s"]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    assert "done cm-l2-ddim-full-seed0-2steps" in r.output and "odebench report --study" in r.output
+    study = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert [p["name"] for p in study["points"]] == ["cm-l2-ddim-full-seed0-2steps"]
+    r = _invoke(args + ["--plan"])
+    assert r.exit_code == 0 and "1 points, 1 done" in r.output
+    r = _invoke(args)  # nothing left to do
+    assert r.exit_code == 0 and "done cm" not in r.output
+    r = _invoke([a if a != "8" else "9" for a in args])  # another batch size: refused, one line
+    assert r.exit_code == 2 and "other settings (batch_size" in r.output
