@@ -31,7 +31,7 @@ DIFF_NOTE = (f"CM - Direct CM per metric: paired by training seed (the same data
              f"both targets), mean difference [{LEVEL:.0%} t-interval of the paired differences, n - 1 df]; Welch's "
              "interval where the seeds differ. A method is named better only when the interval excludes 0; "
              "hf_energy_ratio is a diagnostic (target 1), so only which is higher is said.")
-AGREE_NOTE = (f"Rank agreement across runs between better ODE solving (lower {ODE_METRIC}) and better quality "
+AGREE_NOTE = ("Rank agreement across runs between better ODE solving (lower ODE error) and better quality "
               "(each metric oriented so higher is better): +1 means the runs' order by ODE error is their order by "
               f"quality. The {LEVEL:.0%} interval is a pairs bootstrap over runs (whole runs resampled with "
               "replacement, 2,000 seeded draws, percentile interval): runs are draws, not fixed. 'within a budget' "
@@ -50,6 +50,7 @@ class StudyReport:
     differences: list[Difference]
     agreements: list[RunAgreement]
     metrics: list[str]
+    ode_metric: str = ODE_METRIC
 
     @property
     def shown_metrics(self) -> list[str]:
@@ -86,10 +87,10 @@ class StudyReport:
         for d in self.differences:
             groups.setdefault(self.cell_label(d.group), []).append(d)
         for label, ds in groups.items():
-            ode = next((d for d in ds if d.metric == ODE_METRIC), None)
+            ode = next((d for d in ds if d.metric == self.ode_metric), None)
             head = f"{label}: "
             if ode is not None:
-                head += f"{ODE_METRIC} CM - Direct {_iv(ode.interval)} ({ode.verdict})"
+                head += f"{self.ode_metric} CM - Direct {_iv(ode.interval)} ({ode.verdict})"
             sep = [d for d in ds if not d.metric.startswith("ode_") and d.verdict != "indistinguishable"]
             same = [d for d in ds if not d.metric.startswith("ode_") and d.verdict == "indistinguishable"]
             if sep:
@@ -147,7 +148,7 @@ def build_study_report(root: Path, ode_metric: str = ODE_METRIC) -> StudyReport:
             runs[p["name"]] = Run(p["name"], path, read_result(path))
     names = metric_names(points)
     return StudyReport(root, study, points, runs, cells(points, names), differences(points, metrics=names),
-                       run_agreements(points, ode_metric), names)
+                       run_agreements(points, ode_metric), names, ode_metric)
 
 
 # ------------------------------------------------------------------------------- tables (rows of text)
@@ -278,7 +279,7 @@ def markdown(rep: StudyReport, fig_files: dict[str, str], grid_files: list[tuple
         out += [f"Spectral diagnostics ({SPECTRAL_NOTE}):", ""] + [f"- {line}" for line in rep.spectral_lines()] + [""]
     out += ["## CM - Direct CM, per metric and budget", ""] + _md_table(*difference_table(rep)) + ["", DIFF_NOTE, ""]
     out += ["## Cells over seeds", ""] + _md_table(*cell_table(rep)) + ["", CELL_NOTE, ""]
-    out += [f"## Does lower {ODE_METRIC} go with better samples?", ""]
+    out += [f"## Does lower {rep.ode_metric} go with better samples?", ""]
     if rep.agreements:
         out += _md_table(*agreement_table(rep)) + ["", AGREE_NOTE, ""]
     else:
@@ -356,7 +357,7 @@ def html_page(rep: StudyReport) -> str:
         parts += [f"<li>{e(line)}</li>" for line in rep.spectral_lines()]
     parts += ["</ul><h2>CM - Direct CM, per metric and budget</h2>", _html_table(*difference_table(rep), "differences"),
               f"<p class=note>{e(DIFF_NOTE)}</p><h2>Cells over seeds</h2>", _html_table(*cell_table(rep), "cells"),
-              f"<p class=note>{e(CELL_NOTE)}</p><h2>Does lower {e(ODE_METRIC)} go with better samples?</h2>"]
+              f"<p class=note>{e(CELL_NOTE)}</p><h2>Does lower {e(rep.ode_metric)} go with better samples?</h2>"]
     if rep.agreements:
         parts += [_html_table(*agreement_table(rep), "agreement"), f"<p class=note>{e(AGREE_NOTE)}</p>"]
     for stem, png in figures(rep).items():
@@ -400,7 +401,7 @@ def print_study(console, rep: StudyReport) -> None:
         console.print(f"spectral: {line}")
     for title, (header, rows), note in (("CM - Direct CM", difference_table(rep), DIFF_NOTE),
                                         ("cells over seeds", cell_table(rep), CELL_NOTE),
-                                        (f"does lower {ODE_METRIC} go with better samples?", agreement_table(rep), AGREE_NOTE)):
+                                        (f"does lower {rep.ode_metric} go with better samples?", agreement_table(rep), AGREE_NOTE)):
         if not rows:
             continue
         t = Table(title=title, caption=note)

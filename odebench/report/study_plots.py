@@ -39,9 +39,7 @@ def _quality(rep) -> list[str]:
 def metrics_vs_steps(rep) -> bytes | None:
     from odebench.metrics.spectral import is_diagnostic
 
-    from odebench.report.study import ODE_METRIC
-
-    metrics = [m for m in [ODE_METRIC] + _quality(rep) + [m for m in rep.shown_metrics if is_diagnostic(m)]
+    metrics = [m for m in [rep.ode_metric] + _quality(rep) + [m for m in rep.shown_metrics if is_diagnostic(m)]
                if any(m in p["metrics"] for p in rep.points)][:MAX_PANELS]
     if not metrics:
         return None
@@ -195,8 +193,7 @@ def spectrum(rep) -> bytes | None:
 
 
 def ode_vs_quality(rep) -> bytes | None:
-    from odebench.report.study import ODE_METRIC
-
+    ode = rep.ode_metric
     metrics = [m for m in _quality(rep) if sum(m in p["metrics"] for p in rep.points) >= 2][:MAX_PANELS]
     if not metrics:
         return None
@@ -207,12 +204,12 @@ def ode_vs_quality(rep) -> bytes | None:
     fig, axes = _grid(len(metrics), 4, 3.6, 2.9)
     for ax, m in zip(axes, metrics):
         for meth in methods:
-            pts = [p for p in rep.points if p["method"] == meth and m in p["metrics"] and ODE_METRIC in p["metrics"]]
-            ax.scatter([p["metrics"][ODE_METRIC]["value"] for p in pts], [p["metrics"][m]["value"] for p in pts],
+            pts = [p for p in rep.points if p["method"] == meth and m in p["metrics"] and ode in p["metrics"]]
+            ax.scatter([p["metrics"][ode]["value"] for p in pts], [p["metrics"][m]["value"] for p in pts],
                        s=[size[p["steps"]] for p in pts], color=colors[meth], alpha=0.7, label=meth)
         ax.set_xscale("log")
         ax.set_title(m, fontsize=9)
-        ax.set_xlabel(ODE_METRIC, fontsize=8)
+        ax.set_xlabel(ode, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
