@@ -302,6 +302,12 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
                                                       float(sum(curve["stderr"]) / len(curve["stderr"])),
                                                       ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
+        spectrum, spectral_per_sample = None, {}
+        if len(teacher.shape) == 3:  # image-shaped states: the ODE error by frequency band, and a blur indicator
+            from odebench.metrics.spectral import spectral_diagnostics
+
+            sm, spectrum, spectral_per_sample = spectral_diagnostics(x0, ref.x0, ref_identity)
+            metrics.update(sm)
         t_curve = time.perf_counter() - t1
         extras: dict[str, Any] = {}
         per_sample_quality: dict[str, Any] = {}
@@ -334,7 +340,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             "nfe": {"student_per_sample": student_nfe, "student_teacher_passes": sample_passes,
                     "reference": ref.nfe_summary()},
             "metrics": {k: v.to_dict() for k, v in metrics.items()},
-            "curves": {"ode_mse_vs_sigma": curve} if curve is not None else {},
+            "curves": {**({"ode_mse_vs_sigma": curve} if curve is not None else {}),
+                       **({"spectrum": spectrum} if spectrum is not None else {})},
             "extras": extras,
             "flags": flags,
             "timings": {"sample_s": t_sample, "curve_s": t_curve, "quality_s": t_quality,
@@ -344,6 +351,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         tensors = {"ode_se": torch.from_numpy(per_sample_se(x0, ref.x0)), "samples": x0.float()}
         # per-sample quality scores, for reports that set ODE error against quality sample by sample
         tensors.update({f"quality.{k}": torch.as_tensor(v, dtype=torch.float64) for k, v in per_sample_quality.items()})
+        tensors.update({k: torch.as_tensor(v, dtype=torch.float64) for k, v in spectral_per_sample.items()})
         labels = conditions.tensor(range(n))
         if labels is not None:
             tensors["labels"] = labels

@@ -93,12 +93,14 @@ def run(
     student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
     student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
     ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else paper for SDXL)."),
-    metrics: str = typer.Option("auto", help="SDXL image metrics. auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
+    metrics: str = typer.Option("auto", help="SDXL image metrics (fid, fd_dinov2, clip_score, aesthetic, cmmd). auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
     fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
     dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),
     clip_weights: Optional[str] = typer.Option(None, help="open_clip weights file or pretrained tag (default ViT-L/14 OpenAI)."),
     clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture (default ViT-L-14-quickgelu)."),
     aesthetic_weights: Optional[str] = typer.Option(None, help="LAION aesthetic predictor sac+logos+ava1-l14-linearMSE.pth."),
+    cmmd_weights: Optional[str] = typer.Option(None, help="CMMD's CLIP ViT-L/14-336 weights: an open_clip file or pretrained tag (default openai: timm/vit_large_patch14_clip_336.openai, or ViT-L-14-336px.pt)."),
+    cmmd_arch: Optional[str] = typer.Option(None, help="open_clip architecture for CMMD (default ViT-L-14-336-quickgelu)."),
     fd_bootstrap: int = typer.Option(10, help="Bootstrap repetitions for the stderr of FID / FD-DINOv2 (0: none; each costs one FD)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for torch: a number, or auto (default: the idle cores this process can get; env ODEBENCH_THREADS)."),
 ):
@@ -118,7 +120,7 @@ def run(
     teacher_options = {k: v for k, v in {"dtype": model_dtype, "device": device, "vae": vae, "height": height, "width": width,
                                          "uncond": uncond_embeddings}.items() if v is not None}
     weights = {k: v for k, v in {"fid": fid_weights, "dinov2": dinov2_weights, "clip": clip_weights, "clip_arch": clip_arch,
-                                 "aesthetic": aesthetic_weights}.items() if v is not None}
+                                 "aesthetic": aesthetic_weights, "cmmd": cmmd_weights, "cmmd_arch": cmmd_arch}.items() if v is not None}
     spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=None if model_dtype else dtype,
                       batch=ref_batch, options=parse_solver_options(solver_option or []))
     config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
@@ -225,6 +227,127 @@ def train(
         print(f"student: {side}")
 
 
+def _csv(text: str, conv, flag: str) -> tuple:
+    """A comma list of values for a study's grid flag."""
+    try:
+        values = tuple(conv(v.strip()) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise OdebenchError(f"--{flag} must be a comma list, got {text!r}") from None
+    if not values:
+        raise OdebenchError(f"--{flag} is empty")
+    return values
+
+
+@app.command()
+@guarded
+def study(
+    teacher: str = typer.Option("gmm", "--teacher", "-t", help="gmm | gmm64 | digits | a teacher JSON (the study trains on CPU-sized teachers)."),
+    methods: str = typer.Option("cm,direct", help="Comma list of distillation targets: cm, direct."),
+    steps: str = typer.Option("500,2000,8000", help="Training budgets in optimiser steps, comma list. One training run per "
+                                                   "method and seed serves every budget (snapshots; constant lr, bitwise resume)."),
+    seeds: int = typer.Option(3, help="Number of training seeds (first-seed, first-seed + 1, ...): the data, noise and grid-index stream."),
+    first_seed: int = typer.Option(0, help="The first training seed."),
+    loss: str = typer.Option("l2", help="Losses to cross with the grid: l2, huber or l2,huber (pseudo-Huber, c = --huber-c)."),
+    solver: str = typer.Option("ddim", help="Teacher solvers of a distillation step to cross with the grid: ddim, heun or ddim,heun "
+                                            "(euler = ddim)."),
+    lora: str = typer.Option("0", help="UNet teachers: LoRA ranks to cross with the grid, 0 = full fine-tune (e.g. 0,64)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch (default: 16 for UNet teachers, as the shipped digits students and the paper; 256 otherwise)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate, constant (default: 1e-4 for UNet teachers; 1e-3 otherwise)."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
+    grid: int = typer.Option(100, help="Distillation grid size N."),
+    huber_c: float = typer.Option(0.001, help="Pseudo-Huber constant."),
+    ema: float = typer.Option(0.0, help="CM target network = EMA of the student with this decay (0: the student itself)."),
+    lora_alpha: float = typer.Option(0.0, help="LoRA alpha (0: the rank)."),
+    checkpoint_every: int = typer.Option(250, help="Training checkpoint interval in steps (an interrupted study resumes from the last one)."),
+    hidden: int = typer.Option(256, help="MLP students (mixture teachers): hidden width."),
+    depth: int = typer.Option(3, help="MLP students: hidden layers."),
+    guidance: Optional[float] = typer.Option(None, help="CFG weight of the teacher ODE (default: the teacher's)."),
+    guidance_form: str = typer.Option("imagen", help="imagen | lcm."),
+    samples: Optional[int] = typer.Option(None, help="Evaluation samples per student (default: the teacher's)."),
+    eval_seed: int = typer.Option(0, help="Noise seed of the evaluation: every student gets the same noise and reference."),
+    method: str = typer.Option(DEFAULT_METHOD, help="Reference solver (torchdiffeq adaptive)."),
+    rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
+    atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
+    ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve."),
+    eval_batch_size: int = typer.Option(256, help="Student sampling batch size."),
+    curve_points: int = typer.Option(8, help="Noise levels of each run's per-sigma error curve."),
+    curve_samples: int = typer.Option(64, help="Samples of the error curve."),
+    floor_samples: int = typer.Option(64, help="Samples re-solved for the reference floor (0 to skip)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
+    out: Path = typer.Option(..., help="Study directory: study.json, runs/, students/, train/ (checkpoints)."),
+    plan_only: bool = typer.Option(False, "--plan", help="List the grid's points, done or to do, and exit."),
+):
+    """Train CM and Direct CM students over training budgets and seeds (resumable), score each against one
+    shared reference from the same noise, and write OUT/study.json. Report: odebench report --study OUT."""
+    from odebench.ode.spec import SolverSpec
+    from odebench.study.plan import StudyConfig, plan
+    from odebench.study.runner import StudyProgress, run_study
+
+    if seeds < 1 or first_seed < 0:
+        raise OdebenchError("--seeds must be at least 1 and --first-seed non-negative")
+    config = StudyConfig(teacher=teacher, methods=_csv(methods, str, "methods"), steps=_csv(steps, int, "steps"),
+                         seeds=tuple(range(first_seed, first_seed + seeds)), losses=_csv(loss, str, "loss"),
+                         solvers=_csv(solver, str, "solver"), lora_ranks=_csv(lora, int, "lora"), batch_size=batch_size,
+                         lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, grid=grid, huber_c=huber_c, ema=ema,
+                         lora_alpha=lora_alpha, checkpoint_every=checkpoint_every, hidden=hidden, depth=depth,
+                         guidance=guidance, guidance_form=guidance_form, samples=samples, eval_seed=eval_seed,
+                         solver=SolverSpec(method=method, rtol=rtol, atol=atol, batch=ref_batch),
+                         eval_batch_size=eval_batch_size, curve_points=curve_points, curve_samples=curve_samples,
+                         floor_samples=floor_samples)
+    console = _console()
+    if plan_only:
+        from odebench.study.store import FILE, read_study
+
+        points, _ = plan(config)
+        done = {p["key"] for p in read_study(out)["points"]} if (out / FILE).is_file() else set()
+        for p in points:
+            console.print(f"{'done' if p.key in done else 'todo'}  {p.name}  [dim]{p.key}")
+        console.print(f"{len(points)} points, {sum(p.key in done for p in points)} done; "
+                      f"{sum(p.steps for p in points if p.key not in done)} optimiser steps if trained from scratch "
+                      "(runs continue from their previous budget, so fewer)")
+        return
+
+    class Bars(StudyProgress):
+        def __init__(self):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+
+            self.bar = RP(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeElapsedColumn(), console=_console(stderr=True))
+            self.task = None
+
+        def point_start(self, point, index, total, what):
+            if what == "train":
+                self.bar.start()
+                self.task = self.bar.add_task(f"[{index + 1}/{total}] train {point.name}", total=point.steps, info="")
+            else:
+                self.bar.stop()
+                self.task = None
+
+        def train_step(self, point, step, loss_value):
+            if self.task is not None:
+                self.bar.update(self.task, completed=step, info=f"loss {loss_value:.4g}")
+
+        def point_done(self, point, entry):
+            m = entry["metrics"].get("ode_mse@ref", {}).get("value")
+            console.print(f"done {point.name}: ode_mse@ref {m:.4g}, trained {entry['compute']['trained_steps']} steps "
+                          f"in {entry['compute']['train_s']:.0f} s, evaluated in {entry['compute']['eval_s']:.0f} s")
+
+    bars = Bars()
+    try:
+        result = run_study(config, out, bars, cache_dir)
+    except KeyboardInterrupt:
+        bars.bar.stop()
+        print(f"interrupted: finished points are in {out}/study.json and training resumes from its last checkpoint; "
+              "rerun the same command to continue", file=sys.stderr)
+        raise typer.Exit(130)
+    bars.bar.stop()
+    c = result["compute"]
+    console.print(f"study {out}: {len(result['points'])} points; training {c['train_s'] / 60:.1f} min "
+                  f"({c['train_steps']} steps), evaluation {c['eval_s'] / 60:.1f} min. "
+                  f"Report: odebench report --study {out} -f md --out REPORT.md")
+
+
 @app.command()
 @guarded
 def report(
@@ -237,6 +360,8 @@ def report(
                                                   "json without --out prints to stdout."),
     ode_metric: str = typer.Option("ode_mse@ref", help="The ODE-error metric set against quality (e.g. ode_mse@ddim100)."),
     include_oracle: bool = typer.Option(False, help="Keep the `ref` oracle row in the ODE-error-vs-quality analysis."),
+    study: Optional[Path] = typer.Option(None, "--study", help="Report a study directory (odebench study --out): cells over seeds "
+                                                               "with t-intervals, CM - Direct CM per budget, pairs-bootstrap agreement, diagnostics."),
 ):
     """Runs side by side: the best value per metric, comparability warnings, and whether lower ODE error
     went with better samples (rank correlation with a bootstrap interval, plots)."""
@@ -250,6 +375,20 @@ def report(
         raise OdebenchError(f"--format {fmt} writes files: give --out FILE")
     if fmt == "table" and out is not None:
         raise OdebenchError("--out needs --format md, html or json")
+    if study is not None:
+        from odebench.report import study as study_report
+
+        if compare or runs:
+            raise OdebenchError("--study reports a study directory; drop the run names")
+        srep = study_report.build_study_report(study, ode_metric)
+        if fmt == "table":
+            study_report.print_study(_console(), srep)
+        elif fmt == "json" and out is None:
+            sys.stdout.write(study_report.json_text(srep))
+        else:
+            written = {"md": study_report.write_markdown, "html": study_report.write_html, "json": study_report.write_json}[fmt](srep, out)
+            print("wrote " + ", ".join(str(p) for p in written))
+        return
     rep = build_report(find_runs(list(compare or []) + list(runs or []), runs_dir), ode_metric, include_oracle)
     if fmt == "table":
         print_report(_console(), rep)

@@ -92,9 +92,9 @@ def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int, met
     return None
 
 
-IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic")
+IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic", "cmmd")
 METRICS_HELP = ("auto: every image metric whose weights are found (the others are listed as skipped, with why); "
-                "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic (each required)")
+                "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic,cmmd (each required)")
 
 
 def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
@@ -114,7 +114,8 @@ def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
 class ImageQuality:
     """Text-to-image domains (SDXL): latents decoded to uint8 images in memory; FID and FD-DINOv2
     against the teacher's own reference-ODE samples from the same seeds and prompts (the paper's
-    protocol), CLIP score of each sample against its prompt, and the LAION aesthetic score."""
+    protocol), CMMD against the same samples, CLIP score of each sample against its prompt, and the LAION
+    aesthetic score."""
 
     TEACHER = "teacher samples (reference ODE endpoints, same seeds and prompts)"
 
@@ -129,11 +130,13 @@ class ImageQuality:
         self.extractors: dict[str, Any] = {}
         self.clip = None
         self.aesthetic = None
+        self.cmmd = None
         builders = {
             "fid": lambda: self._inception(weights.get("fid"), device),
             "fd_dinov2": lambda: self._dinov2(weights.get("dinov2"), device),
             "clip_score": lambda: self._clip(weights, device),
             "aesthetic": lambda: self._aesthetic(weights, device),
+            "cmmd": lambda: self._cmmd(weights, device),
         }
         for name in names:
             if name == "clip_score" and self.prompts is None:
@@ -164,6 +167,11 @@ class ImageQuality:
             self.clip = ClipScorer(weights.get("clip_arch") or DEFAULT_ARCH, weights.get("clip"), device=device)
         return self.clip
 
+    def _cmmd(self, weights, device):
+        from odebench.metrics.cmmd import CMMDEmbeddings
+
+        self.cmmd = CMMDEmbeddings(weights.get("cmmd"), weights.get("cmmd_arch"), device=device)
+
     def _aesthetic(self, weights, device):
         from odebench.metrics.aesthetic import AestheticScorer
 
@@ -175,7 +183,7 @@ class ImageQuality:
 
     @property
     def active(self) -> bool:
-        return bool(self.extractors or self.clip is not None)
+        return bool(self.extractors or self.clip is not None or self.cmmd is not None)
 
     def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any], dict[str, np.ndarray]]:
         """(metrics, extras for result.json, per-sample scores for per_sample.safetensors)."""
@@ -193,8 +201,14 @@ class ImageQuality:
                 ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
                 self._ref_features[key] = ext(ref_images)
             metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
-                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False,
-                                                paired=True))
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, paired=True))
+        if self.cmmd is not None:  # CLIP-336 embeddings against the teacher's samples, the paper's protocol
+            from odebench.metrics.cmmd import cmmd_value
+
+            if "cmmd" not in self._ref_features:
+                ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
+                self._ref_features["cmmd"] = self.cmmd(ref_images)
+            metrics["cmmd@teacher"] = cmmd_value(self.cmmd(images), self._ref_features["cmmd"], self.cmmd.identity, self.TEACHER)
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:

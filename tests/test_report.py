@@ -109,7 +109,8 @@ def test_report_of_real_runs(gmm_runs):
     values = [c.value for c in rows["ode_mse@ref"].cells]
     assert values[3] == 0.0 and values[1] < values[0]  # ddim:8 solves the ODE better than ddim:2
     # the analysis leaves the oracle out and covers every quality metric of the GMM domain
-    assert {a.metric for a in rep.agreements} == {"loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision"}
+    assert {a.metric for a in rep.agreements} == {"loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision",
+                                                  "precision_exact", "recall_exact", "density_exact", "coverage_exact"}
     assert all(a.runs == ["ddim-2", "ddim-8", "heun-3"] for a in rep.agreements)
     # the numbers come straight from the result files: recompute one agreement with scipy
     m = [r.result["metrics"] for r in runs[:3]]

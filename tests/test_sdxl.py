@@ -488,14 +488,16 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     res = runner.invoke(app, [*common, "--student", str(lora_dir), "--student", str(ckpt), "--student", "ddim:2",
                               "--allow-mismatch", "--fid-weights", str(tmp_path / "inception.pt"),
                               "--dinov2-weights", str(tmp_path / "dinov2"), "--clip-weights", str(clip_path),
-                              "--clip-arch", "odebench-tiny-clip", "--aesthetic-weights", str(tmp_path / "aesthetic.pth")])
+                              "--clip-arch", "odebench-tiny-clip", "--aesthetic-weights", str(tmp_path / "aesthetic.pth"),
+                              "--cmmd-weights", str(clip_path), "--cmmd-arch", "odebench-tiny-clip"])
     assert res.exit_code == 0, res.output
     runs = tmp_path / "runs"
     lora = json.loads((runs / lora_dir.name / "result.json").read_text())
     paper = json.loads((runs / "checkpoint-100" / "result.json").read_text())
     ddim = json.loads((runs / "ddim-2" / "result.json").read_text())
     for r in (lora, paper, ddim):
-        assert {"ode_mse@ref", "ode_mse@ddim100", "fid@teacher", "fd_dinov2@teacher", "clip_score", "aesthetic"} <= set(r["metrics"])
+        assert {"ode_mse@ref", "ode_mse@ddim100", "fid@teacher", "fd_dinov2@teacher", "clip_score", "aesthetic",
+                "cmmd@teacher", "density_inception@teacher", "coverage_dinov2@teacher"} <= set(r["metrics"])
         assert r["conditioning"]["mode"] == "prompt" and r["conditioning"]["num_prompts"] == 3
         assert "released code" in r["reference"]["ddim100"]["unet_timesteps"]
         assert r["extras"]["skipped_metrics"] == {}
@@ -509,7 +511,7 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "auto"])
     assert res.exit_code == 0, res.output
     auto = json.loads((runs / "auto" / "result.json").read_text())
-    assert set(auto["extras"]["skipped_metrics"]) == {"fid", "fd_dinov2", "clip_score", "aesthetic"}
+    assert set(auto["extras"]["skipped_metrics"]) == {"fid", "fd_dinov2", "clip_score", "aesthetic", "cmmd"}
     assert "skipped fid" in res.output and "fid@teacher" not in auto["metrics"]
     # an explicit selection is required: missing weights are a one-line error
     res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "x", "--metrics", "fid"])

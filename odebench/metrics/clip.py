@@ -55,11 +55,12 @@ def _checkpoint_in(folder: Path, names: Sequence[str] = HF_WEIGHT_FILES) -> Path
     return None
 
 
-def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: str = "--clip-weights") -> tuple[Path, str]:
-    """(weights file, label) for an open_clip architecture and a pretrained tag or local path."""
+def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: str = "--clip-weights",
+                         what: str = "CLIP score") -> tuple[Path, str]:
+    """(weights file, label) for an open_clip architecture and a pretrained tag or local path; `what`
+    names the metric in errors."""
     from open_clip import get_pretrained_cfg
 
-    what = "CLIP score"
     pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
     tag_cfg = get_pretrained_cfg(arch, os.fspath(pretrained)) if isinstance(pretrained, str) else {}
     if not tag_cfg:  # a path (or a typo): resolve it as a path
@@ -130,7 +131,8 @@ class ClipScorer:
     name = "clip"
 
     def __init__(self, arch: str = DEFAULT_ARCH, pretrained: str | os.PathLike | None = None, *, device=None,
-                 batch_size: int = 32, normalize_features: bool = False, flag: str = "--clip-weights"):
+                 batch_size: int = 32, normalize_features: bool = False, flag: str = "--clip-weights",
+                 what: str = "CLIP score"):
         import open_clip
         import torch
 
@@ -141,7 +143,7 @@ class ClipScorer:
         self.normalize_features = normalize_features
         if open_clip.get_model_config(arch) is None:
             raise OdebenchError(f"unknown open_clip architecture '{arch}'")
-        path, label = resolve_clip_weights(arch, pretrained, flag)
+        path, label = resolve_clip_weights(arch, pretrained, flag, what)
         tag = DEFAULT_PRETRAINED if pretrained is None else pretrained
         tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if isinstance(tag, str) else {}
         pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}

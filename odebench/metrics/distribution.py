@@ -1,4 +1,5 @@
-"""Distribution metrics of one feature space against one reference set: FD, KID, precision/recall.
+"""Distribution metrics of one feature space against one reference set: FD, KID, precision/recall,
+density/coverage.
 
 Names follow `<metric>@<reference set>`, e.g. fd_digits@real, fid@teacher, precision_digits@real
 (the paper scores students against the teacher's own samples: "@teacher").
@@ -10,12 +11,14 @@ import numpy as np
 from odebench.metrics.fd import fd_bootstrap_stderr, fd_features, kid
 from odebench.metrics.registry import REGISTRY, MetricValue, register, value
 
+PRDC = ("precision", "recall", "density", "coverage")  # k-NN manifold metrics (odebench.metrics.prdc)
+
 
 def metric_names(feature: str) -> dict[str, str]:
     """Paper names for Inception (fid, kid); `<metric>_<feature>` otherwise."""
     if feature == "inception":
-        return {"fd": "fid", "kid": "kid", "precision": "precision_inception", "recall": "recall_inception"}
-    return {k: f"{k}_{feature}" for k in ("fd", "kid", "precision", "recall")}
+        return {"fd": "fid", "kid": "kid", **{k: f"{k}_inception" for k in PRDC}}
+    return {k: f"{k}_{feature}" for k in ("fd", "kid", *PRDC)}
 
 
 def _register(feature: str) -> dict[str, str]:
@@ -23,17 +26,18 @@ def _register(feature: str) -> dict[str, str]:
     for kind, name in names.items():
         if name not in REGISTRY:
             scale = {"fd": " (squared feature units)", "kid": " (raw unbiased MMD^2, x1)"}.get(kind, "")
-            register(name, kind in ("precision", "recall"), f"{kind}{scale} in {feature} feature space against a reference set")
+            register(name, kind in PRDC, f"{kind}{scale} in {feature} feature space against a reference set")
     return names
 
 
 def distribution_metrics(features: np.ndarray, ref_features: np.ndarray, feature: str, feature_identity: str,
                          ref_key: str, ref_desc: str, fd_bootstrap: int = 20, kid_subsets: int = 50,
                          precision_recall: bool = True, paired: bool = False) -> dict[str, MetricValue]:
-    """FD (bootstrap stderr), KID (seeded subsets) and k-NN precision/recall of `features` vs `ref_features`.
-    `paired`: row i of both sets comes from the same noise (students against the teacher's own samples),
-    so resampling keeps pairs together and KID leaves matched pairs out of its cross term."""
-    from odebench.metrics.prdc import prdc
+    """FD (bootstrap stderr), KID (seeded subsets) and k-NN precision/recall/density/coverage of `features`
+    vs `ref_features`. `paired`: row i of both sets comes from the same noise (students against the
+    teacher's own samples), so resampling keeps pairs together and KID leaves matched pairs out of its
+    cross term."""
+    from odebench.metrics.prdc import DEFAULT_K, prdc
 
     names = _register(feature)
     n, m = len(features), len(ref_features)
@@ -50,8 +54,8 @@ def distribution_metrics(features: np.ndarray, ref_features: np.ndarray, feature
                                            f"papers often print), kernel (x.y/d+1)^3, {kid_subsets} seeded subsets of "
                                            f"{min(1000, n, m)}, {pairing}; {ident}", n),
     }
-    if precision_recall:
+    if precision_recall and min(n, m) > DEFAULT_K:  # k-NN balls need more than k points a side
         pr = prdc(features, ref_features, ref_desc, feature_identity)
-        out[f"{names['precision']}@{ref_key}"] = value(names["precision"], pr["precision"].value, pr["precision"].stderr, pr["precision"].identity, n)
-        out[f"{names['recall']}@{ref_key}"] = value(names["recall"], pr["recall"].value, pr["recall"].stderr, pr["recall"].identity, n)
+        for kind in PRDC:
+            out[f"{names[kind]}@{ref_key}"] = value(names[kind], pr[kind].value, pr[kind].stderr, pr[kind].identity, n)
     return out
