@@ -67,6 +67,18 @@ class TrajectoryCache:
         self.misses = 0
         self.corrupt = 0
 
+    def check_writable(self) -> None:
+        """Fail now (one line) if entries could not be written, rather than after the first solve."""
+        from odebench.errors import OdebenchError
+        from odebench.fileio import check_writable_dir
+
+        if not self.enabled:
+            return
+        try:
+            check_writable_dir(self.root, "trajectory cache")
+        except OdebenchError as e:
+            raise OdebenchError(f"{e}; give another --cache-dir (or $ODEBENCH_CACHE), or --no-cache") from None
+
     @property
     def dir(self) -> Path:
         return self.root / "trajectories"

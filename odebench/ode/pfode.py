@@ -22,6 +22,7 @@ class PFODE(torch.nn.Module):
         self.nfe = 0
         self.accepted = 0
         self.rejected = 0
+        self.last_t: torch.Tensor | None = None  # where the solver last evaluated, for its error messages
 
     def sigma_of(self, t: torch.Tensor) -> torch.Tensor:
         # torchdiffeq hands t in the state dtype; go through float64 for the exp.
@@ -29,6 +30,7 @@ class PFODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        self.last_t = t  # kept as a tensor: no device sync per evaluation
         sigma = self.sigma_of(t).to(x.dtype)
         d = self.teacher.denoise(x, sigma, self.cond)
         return x - d if self.time == "log-sigma" else (x - d) / sigma
