@@ -120,8 +120,14 @@ class Opt(Node):
         self.what = f"{inner.what} or null"
 
     def check(self, v, key):
-        if v is not None:
+        if v is None:
+            return
+        try:
             self.inner.check(v, key)
+        except Invalid as e:
+            if e.key != key:
+                raise
+            raise Invalid(key, self.what, e.got) from None
 
 
 class OneOf(Node):

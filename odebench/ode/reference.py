@@ -71,12 +71,13 @@ def solver_failure(e: AssertionError, spec: SolverSpec, func: PFODE) -> Odebench
         limit = spec.torchdiffeq_options().get("max_num_steps")
         return OdebenchError(f"{solver} gave up after max_num_steps={limit} steps{at}; "
                              "raise --solver-option max_num_steps or loosen --rtol/--atol")
+    # a nan drift makes a nan error estimate: every step is rejected until dt underflows (or the state is nan)
+    if msg.startswith("non-finite values in state") or int(func.non_finite):
+        return OdebenchError(f"{solver}: the teacher's denoiser returned inf/nan{at}; "
+                             "check the teacher definition and --guidance")
     if msg.startswith("underflow in dt"):
         return OdebenchError(f"{solver}: the step size underflowed to zero{at}; the teacher ODE is too stiff there for this "
                              "tolerance or a --solver-option (first_step, min_step, max_step, dfactor) is too small: "
                              "loosen --rtol/--atol or drop those options")
-    if msg.startswith("non-finite values in state"):
-        return OdebenchError(f"{solver}: the ODE state became inf/nan{at}; the teacher's denoiser is not finite there "
-                             "(check the teacher definition and --guidance)")
     first = msg.splitlines()[0][:200] if msg else type(e).__name__
     return OdebenchError(f"{solver} failed{at}: {first}")
