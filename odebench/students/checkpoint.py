@@ -25,6 +25,7 @@ import torch
 from odebench.errors import OdebenchError
 from odebench.fileio import atomic_write_bytes, file_sha256, load_torch_tensors, read_json_object
 from odebench.schema import Bool, Int, Num, Obj, OneOf, Opt, Str, validate
+from odebench.teachers.base import GUIDANCE_FORMS
 
 FORMAT = "odebench-student"
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ REQUIRED = ("weights", "architecture", "parameterisation", "sampler", "teacher",
 # What the loaders read, with the ranges that keep them meaningful; free-form records stay unchecked.
 # Noise levels are bounded so that their squares stay far from float32 overflow.
 SIGMA = 1e8
-GUIDANCE = Obj({"w": Num(abs_le=1e6), "form": Str(("imagen", "lcm")), "uncond": Str(("null", "zeros", "empty-prompt")),
+GUIDANCE = Obj({"w": Num(abs_le=1e6), "form": Str(GUIDANCE_FORMS), "uncond": Str(("null", "zeros", "empty-prompt")),
                 "imagen_w": Num()}, required=("w",))
 _SCHEDULE = Obj({"kind": Str(), "beta_schedule": Str(), "beta_start": Num(gt=0, lt=1), "beta_end": Num(gt=0, lt=1),
                  "num_train_timesteps": Int(ge=2)}, required=("kind", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps"))
