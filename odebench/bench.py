@@ -223,7 +223,6 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             from odebench.fileio import check_writable_dir
 
             check_writable_dir(Path(config.out))
-        TrajectoryCache(config.cache_dir, enabled=config.use_cache).check_writable()  # every rank stores its chunks
         teacher, conditional, teacher_origin = _resolve_teacher(config)
         spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
         loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch, config.student_guidance,
@@ -237,6 +236,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     noise = NoiseBank(config.seed, teacher.shape)
     conditions = _conditions(teacher, conditional)
     cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
+    cache_note = cache.check_writable()  # a file in the way is an error now, not after the first solve
+    if cache_note:
+        progress.log(cache_note)
     curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
         if config.curve_points else torch.empty(0, dtype=torch.float64)
     dtype = DTYPE[spec.dtype]

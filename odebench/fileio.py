@@ -28,12 +28,9 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
-def check_writable_dir(path: Path | str, what: str = "--out", shown: Path | str | None = None) -> None:
-    """Fail now, before any work, if `path` cannot be (or become) a directory this process can write in.
-
-    The nearest existing ancestor must be a directory, and a probe file must be creatable in it:
-    permission bits alone do not tell (root ignores them; a read-only mount refuses even root), so the
-    probe is the test; nothing is created beyond the probe, which is removed at once."""
+def nearest_directory(path: Path | str, what: str = "--out", shown: Path | str | None = None) -> Path:
+    """The directory `path` is or would be created in (its nearest existing ancestor); one OdebenchError
+    line when a file (or a broken link) stands in the way, so it could never become a directory."""
     from odebench.errors import OdebenchError
 
     path = Path(path)
@@ -48,12 +45,31 @@ def check_writable_dir(path: Path | str, what: str = "--out", shown: Path | str 
         raise OdebenchError(f"{what} {shown}: cannot reach {existing} ({e.strerror or e})") from None
     if not existing.is_dir():
         raise OdebenchError(f"{what} {shown}: {existing} is a file, not a directory")
+    return existing
+
+
+def write_probe(directory: Path) -> OSError | None:
+    """Why a new file cannot be created in `directory` (None if it can): a real probe file, removed at
+    once, because permission bits alone do not tell (root ignores them; a read-only mount refuses even root)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".odebench-write-probe-", dir=existing)
+        fd, probe = tempfile.mkstemp(prefix=".odebench-write-probe-", dir=directory)
     except OSError as e:
-        raise OdebenchError(f"{what} {shown}: cannot write in {existing} ({e.strerror or e})") from None
+        return e
     os.close(fd)
     os.unlink(probe)
+    return None
+
+
+def check_writable_dir(path: Path | str, what: str = "--out", shown: Path | str | None = None) -> None:
+    """Fail now, before any work, if `path` cannot be (or become) a directory this process can write in.
+    Nothing is created beyond a probe file, which is removed at once."""
+    from odebench.errors import OdebenchError
+
+    shown = Path(path) if shown is None else shown
+    existing = nearest_directory(path, what, shown)
+    err = write_probe(existing)
+    if err is not None:
+        raise OdebenchError(f"{what} {shown}: cannot write in {existing} ({err.strerror or err})")
 
 
 def check_writable_file(path: Path | str, what: str = "--out") -> None:

@@ -346,6 +346,18 @@ def test_cache_dir_that_is_a_file(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.stderr  # --no-cache never touches it
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a directory nobody can write in")
+def test_read_only_cache_is_read_not_written(tmp_path, monkeypatch):
+    """A cache directory this process cannot write in: one warning line, the run goes on (a shared
+    read-only cache still serves its entries), nothing is stored."""
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["run", *G, "--student", "ddim:1", "--cache-dir", "/proc/odebench-cache", "--out", "out"])
+    assert r.exit_code == 0, (r.stderr, repr(r.exception))
+    warn = [line for line in r.stderr.splitlines() if line.startswith("warning: trajectory cache /proc/odebench-cache")]
+    assert len(warn) == 1 and "is read-only" in warn[0] and "new ones are not stored" in warn[0], r.stderr
+    assert (tmp_path / "out" / "ddim-1" / "result.json").is_file()
+
+
 def test_train_out_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
