@@ -698,7 +698,8 @@ def _probe_files(root: Path) -> None:
     (root / "runs_bad" / "r1" / "result.json").write_text(json.dumps({"schema": "odebench.result/1", "metrics": []}))
 
 
-# (id, argv, needles); every one ended in a traceback, a hang or a silent success before this change
+# (id, argv, needles); before this change each ended in a traceback, a hang, a silent success (a run or a
+# trained student made of inf/nan), a multi-line usage panel, or a line that did not name the file or key
 PROBES = [
     ("solver-max-num-steps-3", ["run", *G, "--solver-option", "max_num_steps=3"], ["gave up after max_num_steps=3"]),
     ("solver-max-num-steps-2.5", ["run", *G, "--solver-option", "max_num_steps=2.5"], ["integer >= 1"]),
@@ -720,10 +721,10 @@ PROBES = [
     ("unknown-option", ["run", *G, "--bogus"], ["No such option: --bogus"]),
     ("train-out-is-a-file", ["train", "cm", "--steps", "2", "--batch-size", "4", "--out", "afile"], ["--out afile: afile is a file"]),
     ("train-teacher-mean-1e300", ["train", "cm", "--steps", "2", "--teacher", "t_big.json", "--out", "tr"], ['"means[0][0]"']),
-    ("train-resume-nothing", ["train", "cm", "--steps", "2", "--resume", "--out", "tr"], ["--resume: tr holds no training run"]),
     ("report-malformed-result", ["report", "--runs-dir", "runs_bad"], ['result.json: "teacher" is missing']),
     ("report-out-under-a-file", ["report", "--runs-dir", "runs_bad", "-f", "md", "--out", "afile/r.md"], ["afile is a file"]),
-    ("truncated-safetensors", ["run", *QUICK, "--student", "trunc/stu.json"], ["unreadable safetensors file"]),
+    ("cache-ls-on-a-file", ["cache", "ls", "--cache-dir", "afile"], ["trajectory cache afile: afile is a file"]),
+    ("cache-clear-on-a-file", ["cache", "clear", "--yes", "--cache-dir", "afile"], ["trajectory cache afile: afile is a file"]),
 ]
 SUBPROCESS = {"solver-max-num-steps-3", "sidecar-teacher-string", "samples-not-a-number", "out-is-a-file"}
 

@@ -79,7 +79,7 @@ class TrajectoryCache:
             return None
         try:
             existing = nearest_directory(self.root, "trajectory cache")
-        except OdebenchError as e:
+        except OdebenchError as e:  # the run can go on without a cache; say how
             raise OdebenchError(f"{e}; give another --cache-dir (or $ODEBENCH_CACHE), or --no-cache") from None
         err = write_probe(existing)
         if err is None:
@@ -140,7 +140,18 @@ class TrajectoryCache:
         atomic_write_bytes(self.path(key), blob)
 
     # -- housekeeping ------------------------------------------------------------------------
+    def _check_root(self) -> None:
+        """A cache root that is a file (or under one) is a mistake to say, not an empty cache."""
+        from odebench.errors import OdebenchError
+        from odebench.fileio import nearest_directory
+
+        try:
+            nearest_directory(self.root, "trajectory cache")
+        except OdebenchError as e:
+            raise OdebenchError(f"{e}; give another --cache-dir (or $ODEBENCH_CACHE)") from None
+
     def entries(self, verify: bool = False) -> list[EntryInfo]:
+        self._check_root()
         out = []
         if not self.dir.exists():
             return out
@@ -162,6 +173,7 @@ class TrajectoryCache:
         return out
 
     def clear(self) -> int:
+        self._check_root()
         n = 0
         if self.dir.exists():
             for path in self.dir.glob("*/*"):
