@@ -111,10 +111,12 @@ def _save_checkpoint(path: Path, model, opt, step: int, g: torch.Generator, ema_
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    from odebench.fileio import load_torch_tensors
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which and stop
-        raise OdebenchError(f"cannot resume from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return load_torch_tensors(path, "training checkpoint")
+    except OdebenchError as e:  # a torn or foreign file: say which and stop
+        raise OdebenchError(f"cannot resume: {e}") from None
 
 
 def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, resume: bool = False,

@@ -60,6 +60,9 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
     from odebench.teachers.sdxl import is_sdxl_spec
 
     cfg.validate()
+    from odebench.fileio import check_writable_dir
+
+    check_writable_dir(Path(out))  # before the teacher loads and any step runs
     if is_sdxl_spec(teacher_spec):
         from baselines.sdxl_train import SDXLOptions, train_sdxl_student
 

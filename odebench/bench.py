@@ -17,6 +17,7 @@ from odebench.progress import Progress
 from odebench.teachers.base import Guidance, Teacher
 
 FLOOR_FACTOR = 10.0  # a student error within this factor of the reference floor is flagged
+NON_FINITE_OUTPUT = "non-finite-student-output"
 
 
 @dataclass
@@ -56,7 +57,7 @@ class RunConfig:
                 continue
             if not isinstance(v, int) or v < 1:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a positive integer, got {v!r}")
-        for attr in ("curve_points", "curve_samples", "floor_samples"):
+        for attr in ("curve_points", "curve_samples", "floor_samples", "fd_bootstrap"):
             v = getattr(self, attr)
             if not isinstance(v, int) or v < 0:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a non-negative integer, got {v!r}")
@@ -178,6 +179,11 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
     return torch.cat(parts) if parts is not None else None
 
 
+def _non_finite(x: torch.Tensor) -> int:
+    """How many samples hold an inf or nan anywhere."""
+    return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
+
+
 def _curve(student, ref, conditions, m: int) -> dict | None:
     from odebench.metrics.ode_error import error_curve
 
@@ -204,7 +210,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     from odebench.ode.reference import DTYPE
     from odebench.ode.trajectories import merge_reference_sets, reference_set
     from odebench.quality import quality_for
-    from odebench.results import SCHEMA, environment, write_run
+    from odebench.results import SCHEMA, environment, finite_result, write_run
     from odebench.students.load import load_student
 
     t_start = time.perf_counter()
@@ -213,6 +219,10 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     config.validate()
 
     def setup():
+        if dist.is_main:  # rank 0 writes: an unwritable --out fails now, not after the solving
+            from odebench.fileio import check_writable_dir
+
+            check_writable_dir(Path(config.out))
         teacher, conditional, teacher_origin = _resolve_teacher(config)
         spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
         loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch, config.student_guidance,
@@ -226,6 +236,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     noise = NoiseBank(config.seed, teacher.shape)
     conditions = _conditions(teacher, conditional)
     cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
+    cache_note = cache.check_writable()  # a file in the way is an error now, not after the first solve
+    if cache_note:
+        progress.log(cache_note)
     curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
         if config.curve_points else torch.empty(0, dtype=torch.float64)
     dtype = DTYPE[spec.dtype]
@@ -284,6 +297,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
                for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
         if not dist.is_main:
             continue
+        # a diverged student: its metrics are null (a NaN mean), never averaged over its finite samples
+        bad_samples = {"": _non_finite(x0), **{f"[k={k}]": _non_finite(xk) for k, xk in xks.items()}}
         metrics = ode_error_metrics(x0, ref.x0, ref_identity)
         if ddim100 is not None:
             d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid ({ddim_timesteps}), same noise; "
@@ -312,7 +327,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         extras: dict[str, Any] = {}
         per_sample_quality: dict[str, Any] = {}
         t2 = time.perf_counter()
-        if quality is not None:
+        if quality is not None and bad_samples[""]:
+            extras["quality_skipped"] = "the student's samples are not all finite"
+        elif quality is not None:
             with progress.task(f"{student.name} quality metrics", 1) as advance:
                 qm, extras, per_sample_quality = quality.score(x0, ref.x0)
                 advance(1)
@@ -324,6 +341,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {floor['ode_mse']:.3g}; tighten the reference (--rtol/--atol)")
         if note:
             flags.append(f"teacher-mismatch: {note}")
+        flags += [f"{NON_FINITE_OUTPUT}{k}: {b}/{n} samples are inf/nan; their ODE-error metrics are null"
+                  + ("" if k or quality is None else " and quality metrics were not computed") for k, b in bad_samples.items() if b]
         result = {
             "schema": SCHEMA,
             "name": name,
@@ -362,6 +381,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             images = teacher.decode(x0[:min(n, getattr(teacher, "grid_count", 100))])
             grid = lambda d, images=images: save_grid(images, d / "samples.png", nrow=10,  # noqa: E731
                                                       scale=getattr(teacher, "grid_scale", 4))
+        result = finite_result(result)  # inf/nan anywhere (curves, extras, floor) -> null plus a flag
         path = write_run(Path(config.out), name, result, tensors, grid)
         outcomes.append(RunOutcome(name, path, result))
     return outcomes

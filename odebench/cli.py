@@ -24,27 +24,63 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+# click's usage-error base class, wherever this typer keeps its click (typer >= 0.16 vendors one)
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+EXIT_BAD_INPUT = 2  # an OdebenchError: the input or a file is at fault
+EXIT_INTERNAL = 3  # anything else: a bug (or an environment odebench does not recognise)
+DEBUG_ENV = "ODEBENCH_DEBUG"
+
+
+_debug_flag = False  # set by --debug on every invocation
+
+
+def _debug() -> bool:
+    return _debug_flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help=f"Show the Python traceback of any error (also {DEBUG_ENV}=1).")):
+    """ODE-error benchmark for consistency-model students of diffusion teachers."""
+    global _debug_flag
+    _debug_flag = debug
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def guarded(fn):
-    """Bad input ends in one 'error:' line on stderr and exit code 2, never a traceback."""
+    """Bad input ends in one 'error:' line on stderr and exit code 2; any other exception in one
+    'internal error:' line and exit code 3; never a traceback unless --debug (ODEBENCH_DEBUG=1)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from odebench.distributed import is_main_process
+
+        # several processes fail together (same input, or a stage failure shared by odebench.distributed):
+        # rank 0 says it once
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise  # typer's own exits and usage errors (Exit subclasses RuntimeError: keep this first)
         except OdebenchError as e:
-            from odebench.distributed import is_main_process
-
-            # several processes fail together (same input, or a stage failure shared by odebench.distributed):
-            # rank 0 says it once
+            if _debug():
+                raise
             if is_main_process():
-                print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(2)
+                print(f"error: {_one_line(str(e), 2000)}", file=sys.stderr)
+            raise typer.Exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            from odebench.distributed import is_main_process
-
             if is_main_process():
                 print("interrupted: finished reference chunks are cached; rerun the same command to resume", file=sys.stderr)
             raise typer.Exit(130)
+        except Exception as e:
+            if _debug():
+                raise
+            if is_main_process():
+                what = type(e).__name__ + (f": {_one_line(str(e))}" if str(e).strip() else "")
+                print(f"internal error: {what}; rerun with --debug for the traceback", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERNAL)
 
     return wrapper
 
@@ -375,6 +411,10 @@ def report(
         raise OdebenchError(f"--format {fmt} writes files: give --out FILE")
     if fmt == "table" and out is not None:
         raise OdebenchError("--out needs --format md, html or json")
+    if out is not None:
+        from odebench.fileio import check_writable_file
+
+        check_writable_file(out)  # before the analysis, not after it
     if study is not None:
         from odebench.report import study as study_report
 
@@ -548,7 +588,19 @@ def cache_clear(cache_dir: Optional[Path] = typer.Option(None, help="Cache direc
 
 
 def main() -> None:
-    app()
+    """Entry point; click's usage errors (an option value of the wrong type, an unknown option) become one
+    'error:' line too, with exit code 2, instead of a usage panel."""
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        print(f"error: {_one_line(e.format_message(), 2000).rstrip('.')}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # ctrl-c or EOF at a prompt (e.g. `cache clear` confirmation)
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

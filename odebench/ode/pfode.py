@@ -22,6 +22,10 @@ class PFODE(torch.nn.Module):
         self.nfe = 0
         self.accepted = 0
         self.rejected = 0
+        # for the solver's error messages: where it last evaluated, and how many drifts were not finite
+        # (kept as tensors: no device sync per evaluation)
+        self.last_t: torch.Tensor | None = None
+        self.non_finite: torch.Tensor | int = 0
 
     def sigma_of(self, t: torch.Tensor) -> torch.Tensor:
         # torchdiffeq hands t in the state dtype; go through float64 for the exp.
@@ -29,9 +33,12 @@ class PFODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        self.last_t = t
         sigma = self.sigma_of(t).to(x.dtype)
         d = self.teacher.denoise(x, sigma, self.cond)
-        return x - d if self.time == "log-sigma" else (x - d) / sigma
+        drift = x - d if self.time == "log-sigma" else (x - d) / sigma
+        self.non_finite = self.non_finite + (~torch.isfinite(drift)).any()
+        return drift
 
     # torchdiffeq calls these on adaptive solvers (>= 0.2.3).
     def callback_accept_step(self, t0, y0, dt) -> None:

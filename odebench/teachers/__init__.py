@@ -54,6 +54,8 @@ def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | Non
         path = Path(spec)
         if path.suffix.lower() != ".json" and not path.exists():
             raise OdebenchError(f"unknown teacher {str(spec)!r}: expected one of {', '.join(PRESETS)} or a teacher JSON file")
+        if path.is_dir():
+            raise OdebenchError(f"teacher file {path} is a directory")
         if not path.is_file():
             raise OdebenchError(f"teacher file not found: {path}")
         try:

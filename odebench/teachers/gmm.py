@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
 
 import torch
 
 from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
+from odebench.schema import Arr, Bool, Int, Num, Obj, OneOf, Opt, Str, validate
 from odebench.teachers.base import Teacher
 
 DEFAULT_SIGMA_MIN = 0.002
@@ -90,66 +90,57 @@ class GMMTeacher(Teacher):
         return self._fingerprint
 
 
-def _number_list(value, what: str, source: str) -> list:
-    if not isinstance(value, list) or not value:
-        raise OdebenchError(f"{source}: '{what}' must be a non-empty list")
-    return value
+# Means, stds and noise levels are bounded so that squared distances stay far from float overflow
+# (a mean of 1e300 is a finite JSON number whose square is inf; weights of 1e308 sum to inf).
+BOUND = 1e8
+_POSITIVE = Num(gt=0, le=BOUND)
+GMM_SCHEMA = Obj({
+    "kind": Str(("gmm",)),
+    "name": Str(nonempty=True),
+    "means": Arr(Arr(Num(abs_le=BOUND), min_len=1), min_len=1),
+    "stds": Arr(OneOf(_POSITIVE, Arr(_POSITIVE, min_len=1)), min_len=1),
+    "weights": Opt(Arr(_POSITIVE, min_len=1)),
+    "classes": Opt(Arr(Int(ge=0), min_len=1)),
+    "sigma_min": _POSITIVE,
+    "sigma_max": _POSITIVE,
+    "conditional": Bool(),
+}, required=("kind", "means", "stds"), extra=False)
 
 
 def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
-    """Validate a `{"kind": "gmm", ...}` definition and build the teacher; one-line errors."""
+    """Validate a `{"kind": "gmm", ...}` definition (GMM_SCHEMA, then shapes) and build the teacher; one-line errors."""
     if not isinstance(spec, dict):
         raise OdebenchError(f"{source}: a teacher definition must be a JSON object")
     if spec.get("kind") != "gmm":
         raise OdebenchError(f"{source}: unsupported teacher kind {spec.get('kind')!r} (expected \"gmm\")")
-    known = {"kind", "name", "means", "stds", "weights", "classes", "sigma_min", "sigma_max", "conditional"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise OdebenchError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-    if "means" not in spec or "stds" not in spec:
-        raise OdebenchError(f"{source}: a gmm teacher needs 'means' and 'stds'")
-    means = _number_list(spec["means"], "means", source)
-    try:
-        means_t = torch.tensor(means, dtype=torch.float64)
-    except (TypeError, ValueError):
-        raise OdebenchError(f"{source}: 'means' must be a list of K equal-length lists of numbers") from None
-    if means_t.ndim != 2 or means_t.shape[1] == 0:
+    validate(spec, GMM_SCHEMA, source)
+    means = spec["means"]
+    k, d = len(means), len(means[0])
+    if any(len(row) != d for row in means):
         raise OdebenchError(f"{source}: 'means' must be a list of K equal-length lists of numbers")
-    k, d = means_t.shape
-    stds = _number_list(spec["stds"], "stds", source)
+    means_t = torch.tensor(means, dtype=torch.float64)
     # each component's std is a number (isotropic) or a list of d numbers (diagonal)
-    rows = [[s] * d if isinstance(s, (int, float)) and not isinstance(s, bool) else s for s in stds]
-    try:
-        stds_t = torch.tensor(rows, dtype=torch.float64)
-    except (TypeError, ValueError):
-        raise OdebenchError(f"{source}: 'stds' must be K={k} entries, each a number or a list of d={d} numbers") from None
-    if stds_t.shape != (k, d):
+    stds = spec["stds"]
+    if len(stds) != k or any(isinstance(s, list) and len(s) != d for s in stds):
         raise OdebenchError(f"{source}: 'stds' must be K={k} entries, each a number or a list of d={d} numbers")
+    stds_t = torch.tensor([s if isinstance(s, list) else [s] * d for s in stds], dtype=torch.float64)
     weights_t = None
     if spec.get("weights") is not None:
-        try:
-            weights_t = torch.tensor(_number_list(spec["weights"], "weights", source), dtype=torch.float64)
-        except (TypeError, ValueError):
-            raise OdebenchError(f"{source}: 'weights' must be K numbers") from None
-        if weights_t.shape != (k,) or not bool((weights_t > 0).all()):
+        if len(spec["weights"]) != k:
             raise OdebenchError(f"{source}: 'weights' must be K={k} positive numbers")
+        weights_t = torch.tensor(spec["weights"], dtype=torch.float64)
     classes_t = None
     if spec.get("classes") is not None:
-        classes = _number_list(spec["classes"], "classes", source)
-        if len(classes) != k or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+        classes = spec["classes"]
+        if len(classes) != k:
             raise OdebenchError(f"{source}: 'classes' must be K={k} non-negative integers")
         classes_t = torch.tensor(classes)
         missing = sorted(set(range(int(classes_t.max()) + 1)) - set(classes))
         if missing:
             raise OdebenchError(f"{source}: 'classes' must number classes 0..C-1 without gaps (missing {missing})")
-    if not bool(torch.isfinite(means_t).all()) or not bool(torch.isfinite(stds_t).all()) or not bool((stds_t > 0).all()):
-        raise OdebenchError(f"{source}: 'means' must be finite and 'stds' finite and positive")
-    try:
-        sigma_min = float(spec.get("sigma_min", DEFAULT_SIGMA_MIN))
-        sigma_max = float(spec.get("sigma_max", DEFAULT_SIGMA_MAX))
-    except (TypeError, ValueError):
-        raise OdebenchError(f"{source}: 'sigma_min' and 'sigma_max' must be numbers") from None
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+    sigma_min = float(spec.get("sigma_min", DEFAULT_SIGMA_MIN))
+    sigma_max = float(spec.get("sigma_max", DEFAULT_SIGMA_MAX))
+    if not sigma_min < sigma_max:
         raise OdebenchError(f"{source}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     return GMMTeacher(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
                       name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
