@@ -129,8 +129,9 @@ def observed(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     floor = result["reference"].get("floor")
     if floor:
         vals["reference.floor"] = {"value": floor["ode_mse"], "stderr": floor.get("stderr")}
+    # a non-finite number is written as null: left out here, so the baseline reports it as missing
     return {k: {"value": float(v["value"]), "stderr": None if v["stderr"] is None else float(v["stderr"])}
-            for k, v in vals.items()}
+            for k, v in vals.items() if v["value"] is not None}
 
 
 def identity(result: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ comes after the average, as torchmetrics.functional.multimodal.clip_score comput
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -164,6 +165,9 @@ class ClipScorer:
                                                                              weights_only=True, **kw)
         except OdebenchError:
             raise
+        except pickle.UnpicklingError:  # torch's text would suggest retrying with weights_only=False: never
+            raise OdebenchError(f"refusing to load CLIP weights '{path}': a pickle holding objects other than tensors "
+                                "(possibly code); odebench reads safetensors or plain tensor state dicts only") from None
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise OdebenchError(f"cannot load CLIP weights '{path}' into {arch}: {msg[:300]}") from None
