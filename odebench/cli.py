@@ -49,17 +49,23 @@ def guarded(fn):
     return wrapper
 
 
-STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path | "
-                "SDXL: an LCM-LoRA, an LCM-SDXL UNet or a direct-cms checkpoint-* (path or cached hub id). "
-                "Solvers use the Karras grid (rho=7) of K levels sigma_max..sigma_min then a final step to 0; "
-                "ddim/euler cost K teacher evaluations, heun/dpm2 2K-1. Default: the teacher's default rows.")
+def _registry_help() -> tuple[str, str]:
+    """--student and --teacher help, from the student-kind and teacher-family registries."""
+    from odebench.students.kinds import students_help
+    from odebench.teachers.family import families_help
+
+    return (f"Student to score (repeatable): {students_help()}. Default: the teacher family's default rows.",
+            f"Teacher: {families_help()}. Default: the student file's teacher, else digits.")
+
+
+STUDENT_HELP, TEACHER_HELP = _registry_help()
 
 
 @app.command()
 @guarded
 def run(
     student: Optional[List[str]] = typer.Option(None, "--student", "-s", help=STUDENT_HELP),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="digits | gmm | gmm64 | sdxl | path to a teacher JSON | an SDXL diffusers folder or cached hub id. Default: the student checkpoint's teacher, else digits."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help=TEACHER_HELP),
     samples: Optional[int] = typer.Option(None, help="Number of samples (noise seeds) per student (default: the teacher's: digits 512, gmm 1024)."),
     seed: int = typer.Option(0, help="Noise-bank seed: sample i's noise comes from (seed, i)."),
     name: Optional[str] = typer.Option(None, help="Run directory name (with several students: a prefix)."),
@@ -176,24 +182,22 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
 
     from baselines.distill import DistillConfig
-    from baselines.train import train_student
+    from baselines.train import train_student, trainer_for
     from odebench.teachers.base import Guidance
-    from odebench.teachers.sdxl import is_sdxl_spec
 
-    sdxl_flags = {"data": data, "resolution": resolution, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-                  "optimizer": optimizer, "device": device, "vae": vae}
+    image_flags = {"data": data, "resolution": resolution, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+                   "optimizer": optimizer, "device": device, "vae": vae}
+    trainer = trainer_for(teacher)
+    defaults = trainer.defaults()
     sdxl = None
-    if is_sdxl_spec(teacher):
-        from baselines.sdxl_train import PAPER_DEFAULTS, SDXLOptions
+    if trainer.image_options:
+        from baselines.sdxl_train import SDXLOptions
 
-        defaults = PAPER_DEFAULTS
-        sdxl = SDXLOptions(**{k: v for k, v in sdxl_flags.items() if v is not None})
+        sdxl = SDXLOptions(**{k: v for k, v in image_flags.items() if v is not None})
     else:
-        given = [k for k, v in sdxl_flags.items() if v is not None]
+        given = [k for k, v in image_flags.items() if v is not None]
         if given:
             raise OdebenchError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to SDXL teachers only, not {teacher!r}")
-        defaults = {"steps": 2000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, "seed": 0, "checkpoint_every": 500,
-                    "lora_rank": 0, "lora_alpha": 0.0}
 
     def pick(name, value):
         return defaults[name] if value is None else value
@@ -318,14 +322,16 @@ def ls(runs_dir: Path = typer.Option(Path("runs"), help="Runs directory to list.
     from rich.table import Table
 
     from odebench.results import read_result
-    from odebench.teachers import PRESETS
+    from odebench.teachers.family import families
 
     console = _console()
     t = Table(title="teachers")
+    t.add_column("family")
     t.add_column("name")
     t.add_column("what")
-    for k, v in PRESETS.items():
-        t.add_row(k, v)
+    for fam in families():
+        for k, v in (fam.presets or {fam.name: fam.help}).items():
+            t.add_row(fam.name, k, v)
     console.print(t)
     console.print("students: " + STUDENT_HELP)
     if runs_dir.is_dir():

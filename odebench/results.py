@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,36 @@ def environment() -> dict[str, Any]:
     return {"odebench": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "torch": torch.__version__, "torchdiffeq": torchdiffeq.__version__, "numpy": numpy.__version__,
             "device": "cpu", "threads": torch.get_num_threads()}
+
+
+def build_result(*, name: str, command: list[str], teacher: dict[str, Any], student: dict[str, Any],
+                 conditioning: dict[str, Any], samples: int, seeds: dict[str, Any], solver, floor: dict | None,
+                 ddim100: dict | None, ref, nfe: dict[str, Any], metrics: dict, curve: dict | None,
+                 extras: dict[str, Any], flags: list[str], timings: dict[str, float],
+                 distributed: dict[str, Any]) -> dict[str, Any]:
+    """One run's result.json (schema SCHEMA): identity of the teacher ODE and the student (its `kind` says
+    what it was trained to do), the reference (`solver` a SolverSpec, `ref` a ReferenceSet), NFEs,
+    metrics (MetricValue), curves, flags, timings and the environment."""
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "teacher": teacher,
+        "student": student,
+        "conditioning": conditioning,
+        "samples": samples,
+        "seeds": {**seeds, "exact_samples": "stream_seed(seed, -1, 0)"},
+        "reference": {"solver": solver.to_dict(), "description": solver.describe(), "floor": floor, "ddim100": ddim100,
+                      "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
+        "nfe": {**nfe, "reference": ref.nfe_summary()},
+        "metrics": {k: v.to_dict() for k, v in metrics.items()},
+        "curves": {"ode_mse_vs_sigma": curve} if curve is not None else {},
+        "extras": extras,
+        "flags": flags,
+        "timings": timings,
+        "environment": {**environment(), **distributed},
+    }
 
 
 def write_run(out_dir: Path, name: str, result: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -20,7 +20,9 @@ class Run:
     @property
     def is_oracle(self) -> bool:
         """The `ref` row: the reference solver itself, zero ODE error by construction."""
-        return self.result["student"].get("kind") == "ReferenceStudent"
+        student = self.result["student"]
+        # results written before student kinds named the class instead ("ReferenceStudent")
+        return student.get("kind") == "oracle" or student.get("class", student.get("kind")) == "ReferenceStudent"
 
     @property
     def grid(self) -> Path | None:

@@ -3,7 +3,8 @@
 For a VP schedule with cumulative alphas abar_t (Karras et al. 2022, Table 1, "VP" with discrete t):
   sigma_t = sqrt((1 - abar_t)/abar_t); the VE state is x = x_vp / sqrt(abar_t), so x_vp = c_in x
   with c_in = 1/sqrt(1 + sigma^2); pure noise x_vp = z at t = T-1 is x = z sqrt(1 + sigma_max^2).
-  epsilon-prediction: D = x - sigma eps;  v-prediction: D = c_in^2 x - sigma c_in v.
+  epsilon-prediction: D = x - sigma eps;  v-prediction: D = c_in^2 x - sigma c_in v;
+  sample-prediction: D = the network output.
 A noise level between two trained timesteps maps to a fractional timestep by linear interpolation
 of log sigma over the table, as k-diffusion and diffusers' Euler scheduler do. The same adapter
 serves the embedded digits UNet and SDXL.
@@ -14,9 +15,20 @@ from abc import abstractmethod
 
 import torch
 
-from odebench.teachers.base import Teacher
+from odebench.teachers.base import DISCRETE, VP, Teacher
 
-PREDICTIONS = ("epsilon", "v_prediction")
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+def denoised_from_prediction(x: torch.Tensor, s: torch.Tensor, c_in: torch.Tensor, out: torch.Tensor,
+                             prediction: str) -> torch.Tensor:
+    """D (the x0 estimate) in VE coordinates from a VP network's raw output at noise level s, c_in = 1/sqrt(1 + s^2):
+    eps: x - s eps;  v (v = sqrt(abar) eps - sqrt(1 - abar) x0): c_in^2 x - s c_in v;  sample: the output itself."""
+    if prediction == "epsilon":
+        return x - s * out
+    if prediction == "v_prediction":
+        return c_in ** 2 * x - s * c_in * out
+    return out
 
 
 def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
@@ -45,6 +57,8 @@ class DiscreteVPTeacher(Teacher):
     that belongs to sigma."""
 
     timestep_shift: float = 0.0
+    capabilities = frozenset({DISCRETE})
+    process = VP
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
@@ -60,10 +74,6 @@ class DiscreteVPTeacher(Teacher):
     @property
     def num_timesteps(self) -> int:
         return self.sigmas.shape[0]
-
-    def init_noise_scale(self) -> float:
-        """x(sigma_max) = z sqrt(1 + sigma_max^2): VP pure noise z in VE coordinates (DESIGN section 8)."""
-        return float((1.0 + self.sigma_max ** 2) ** 0.5)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep by linear interpolation of log sigma between trained timesteps (float64)."""
@@ -104,10 +114,7 @@ class DiscreteVPTeacher(Teacher):
         return s, 1.0 / torch.sqrt(1.0 + s ** 2)
 
     def _to_denoised(self, x: torch.Tensor, s: torch.Tensor, c_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        out = out.to(x.dtype)
-        if self.prediction == "epsilon":
-            return x - s * out
-        return c_in ** 2 * x - s * c_in * out
+        return denoised_from_prediction(x, s, c_in, out.to(x.dtype), self.prediction)
 
     def _denoise(self, x, sigma, cond):
         s, c_in = self._scalings(x, sigma)

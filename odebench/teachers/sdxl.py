@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import Guidance
+from odebench.teachers.base import DECODES, DISCRETE, TEXT, UNET, Guidance
 from odebench.teachers.discrete import DiscreteVPTeacher
+from odebench.teachers.family import PaperGrid, TeacherFamily, register
 from odebench.teachers.text_condition import EncodedPrompts
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -41,23 +42,6 @@ COMPONENT_FILES = {
     "tokenizer": (("vocab.json", "tokenizer.json"),), "tokenizer_2": (("vocab.json", "tokenizer.json"),),
     "scheduler": ("scheduler_config.json",),
 }
-
-
-def is_sdxl_spec(spec: Any) -> bool:
-    """`sdxl`, a diffusers folder with a UNet2DConditionModel, or a hub id (org/name)."""
-    from odebench.weights import _is_hub_id
-
-    if not isinstance(spec, (str, Path)):
-        return False
-    s = str(spec)
-    if s == "sdxl":
-        return True
-    if s.lower().endswith(".json"):
-        return False
-    p = Path(s).expanduser()
-    if p.is_dir():
-        return (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file()
-    return not p.exists() and _is_hub_id(s)
 
 
 def _missing_files(root: Path) -> list[str]:
@@ -120,11 +104,11 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 class SDXLTeacher(DiscreteVPTeacher):
     """D(x, sigma, prompt index) of SDXL base through the discrete-schedule adapter."""
 
+    family = "sdxl"
+    capabilities = frozenset({DISCRETE, DECODES, TEXT, UNET})
     default_conditional = True
     default_guidance = Guidance(9.0, "imagen", "zeros")  # the paper's teacher ODE
     default_samples = 64
-    default_students = ("ddim:4", "ddim:8", "ref")
-    paper_timestep_shift = 1.0  # ddim100 default: the released code's UNet timestep (see DiscreteVPTeacher)
     grid_scale = 1  # sample grids at the decoded size
     grid_count = 16
 
@@ -400,3 +384,60 @@ def load_sdxl_teacher(spec: str | Path = "sdxl", *, vae: str | Path | None = Non
                        name=name, spec=str(spec), identity={k: v for k, v in identity.items() if k != "source"},
                        height=height or default_px, width=width or default_px, device=dev, uncond=uncond,
                        vae_fp32=vae_fp32, schedule=schedule)
+
+
+def pipeline_class(spec: Any) -> str | None:
+    """The diffusers pipeline class a teacher folder (or a hub id on this machine) holds: model_index.json's
+    `_class_name`, else guessed from the layout (a second text encoder: SDXL); None when it is no such folder."""
+    from odebench.weights import _is_hub_id, resolve_weights
+
+    if not isinstance(spec, (str, Path)) or str(spec).lower().endswith(".json"):
+        return None
+    p = Path(str(spec)).expanduser()
+    if not p.exists():
+        if not _is_hub_id(str(spec)):
+            return None
+        try:
+            p = resolve_weights(str(spec), f"teacher {spec}")
+        except OdebenchError:
+            return None
+    if not p.is_dir():
+        return None
+    index = p / "model_index.json"
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text()).get("_class_name")
+        except (ValueError, OSError, AttributeError):
+            name = None
+        if isinstance(name, str):
+            return name
+    if (p / "unet" / "config.json").is_file():
+        return "StableDiffusionXLPipeline" if (p / "text_encoder_2").is_dir() else "StableDiffusionPipeline"
+    return None
+
+
+class SDXLFamily(TeacherFamily):
+    name = "sdxl"
+    title = "SDXL"
+    help = "Stable Diffusion XL: a diffusers StableDiffusionXLPipeline folder or cached hub id"
+    presets = {"sdxl": f"Stable Diffusion XL base 1.0 ({SDXL_HUB_ID}) from the local HF cache; also any diffusers SDXL "
+                       "folder or cached hub id"}
+    options = ("vae", "dtype", "device", "height", "width", "uncond")
+    paper_grid = PaperGrid(unet_timesteps="paper")  # the released code's UNet timestep (PAPER.md)
+    default_rows = ("ddim:4", "ddim:8", "ref")
+
+    def matches(self, spec) -> bool:
+        if isinstance(spec, (str, Path)) and str(spec) == "sdxl":
+            return True
+        return pipeline_class(spec) == "StableDiffusionXLPipeline"
+
+    def load(self, spec, **options) -> SDXLTeacher:
+        return load_sdxl_teacher(str(spec), **options)
+
+    def quality(self, teacher, conditions, seed, n, selection="auto", weights=None, device=None, fd_bootstrap=10):
+        from odebench.quality import ImageQuality
+
+        return ImageQuality(teacher, conditions, n, selection, weights, device, fd_bootstrap)
+
+
+register(SDXLFamily())
