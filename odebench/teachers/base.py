@@ -23,6 +23,7 @@ TEXT = "text-conditioned"  # set_prompts(prompts); conditions are prompt indices
 DECODES = "decodes"  # decode(x) -> uint8 RGB images; grid_count / grid_scale for sample grids
 DISCRETE = "discrete-schedule"  # a trained table of T noise levels: sigmas, num_timesteps, sigma_to_t, model_output
 UNET = "unet"  # a diffusers UNet2DConditionModel (`unet`, `run_unet`) that students may copy and LoRA
+SCHEDULER = "diffusers-scheduler"  # scheduler_config(), check_scheduler(cls), model_output(sample, t, cond): diffusers' schedulers drive it
 
 
 class ForwardProcess:
