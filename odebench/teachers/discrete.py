@@ -209,8 +209,10 @@ class DiscreteVPTeacher(Teacher):
         if self.pipeline_scheduler_config:
             return dict(self.pipeline_scheduler_config)
         s = self.schedule or {}
+        # no x0 clipping: DDIM's default clip_sample=True (meant for pixel models) would change the ODE being solved
         cfg = {"num_train_timesteps": self.num_timesteps, "beta_schedule": s.get("beta_schedule", "scaled_linear"),
-               "beta_start": s.get("beta_start", 0.00085), "beta_end": s.get("beta_end", 0.012), "prediction_type": self.prediction}
+               "beta_start": s.get("beta_start", 0.00085), "beta_end": s.get("beta_end", 0.012), "prediction_type": self.prediction,
+               "clip_sample": False}
         if self.zero_terminal_snr:
             cfg["rescale_betas_zero_snr"] = True
         return cfg
