@@ -167,3 +167,26 @@ def test_capabilities_are_declared_not_probed():
     assert UNetClassTeacher.capabilities == {DISCRETE, DECODES, SCHEDULER} and get_family(UNetClassTeacher.family).paper_grid.n == 100
     assert SDXLTeacher.capabilities == {DISCRETE, DECODES, TEXT, UNET, SCHEDULER}
     assert get_family("sdxl").paper_grid.unet_timesteps == "paper" and get_family("gmm").paper_grid is None
+
+
+def test_forward_process_hooks_map_ve_and_native_states():
+    """VE: native = x; VP: x_vp = x/sqrt(1 + sigma^2), pure noise z at sigma_max is x = z sqrt(1 + sigma_max^2),
+    and add_noise / renoise are x0 + sigma z in VE coordinates (= sqrt(abar) x0 + sqrt(1 - abar) z on the VP latent)."""
+    from odebench.teachers import load_teacher
+    from odebench.teachers.base import VE, VP
+
+    x, z = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 2.0, 14.0], dtype=torch.float64)
+    assert torch.equal(VE.to_native(x, sigma), x)
+    x_vp = VP.to_native(x, sigma)
+    torch.testing.assert_close(x_vp, x / torch.sqrt(1 + sigma[:, None] ** 2))
+    torch.testing.assert_close(VP.from_native(x_vp, sigma), x)
+    digits = load_teacher("digits")
+    start = digits.initial_state(z)
+    torch.testing.assert_close(VP.to_native(start, digits.sigma_max), z)  # VP pure noise
+    abar = 1 / (1 + sigma[:, None] ** 2)
+    noised = digits.add_noise(x, sigma, z)
+    torch.testing.assert_close(VP.to_native(noised, sigma), abar.sqrt() * x + (1 - abar).sqrt() * z)
+    torch.testing.assert_close(digits.renoise(x, 2.0, z), x + 2.0 * z)
+    gmm = load_teacher("gmm")
+    assert torch.equal(gmm.initial_state(z), z * gmm.sigma_max)
