@@ -85,22 +85,28 @@ def guarded(fn):
     return wrapper
 
 
-STUDENT_HELP = ("Student to score (repeatable): ref | ddim:K | euler:K | heun:K | dpm2:K | a checkpoint path | "
-                "SDXL: an LCM-LoRA, an LCM-SDXL UNet or a direct-cms checkpoint-* (path or cached hub id). "
-                "Solvers use the Karras grid (rho=7) of K levels sigma_max..sigma_min then a final step to 0; "
-                "ddim/euler cost K teacher evaluations, heun/dpm2 2K-1. Default: the teacher's default rows.")
+def _registry_help() -> tuple[str, str]:
+    """--student and --teacher help, from the student-kind and teacher-family registries."""
+    from odebench.students.kinds import students_help
+    from odebench.teachers.family import families_help
+
+    return (f"Student to score (repeatable): {students_help()}. Default: the teacher family's default rows.",
+            f"Teacher: {families_help()}. Default: the student file's teacher, else digits.")
+
+
+STUDENT_HELP, TEACHER_HELP = _registry_help()
 
 
 @app.command()
 @guarded
 def run(
     student: Optional[List[str]] = typer.Option(None, "--student", "-s", help=STUDENT_HELP),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="digits | gmm | gmm64 | sdxl | path to a teacher JSON | an SDXL diffusers folder or cached hub id. Default: the student checkpoint's teacher, else digits."),
-    samples: Optional[int] = typer.Option(None, help="Number of samples (noise seeds) per student (default: the teacher's: digits 512, gmm 1024)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help=TEACHER_HELP),
+    samples: Optional[int] = typer.Option(None, help="Number of samples (noise seeds) per student (default: the teacher's: digits 512, gmm 1024, text-to-image 64)."),
     seed: int = typer.Option(0, help="Noise-bank seed: sample i's noise comes from (seed, i)."),
     name: Optional[str] = typer.Option(None, help="Run directory name (with several students: a prefix)."),
     out: Path = typer.Option(Path("runs"), help="Runs directory."),
-    guidance: Optional[float] = typer.Option(None, help="CFG weight w of the teacher ODE (default: the student's, else the teacher's)."),
+    guidance: Optional[float] = typer.Option(None, help="CFG weight w of the teacher ODE (default: the student's, else the teacher's: SDXL 9 with zero uncond, SD 7.5 with the empty prompt)."),
     guidance_form: str = typer.Option("imagen", help="imagen: u + w(c-u);  lcm: c + w(c-u) (= imagen w+1)."),
     uncond: bool = typer.Option(False, "--uncond", help="Unconditional sampling (the full mixture)."),
     conditional: bool = typer.Option(False, "--conditional", help="Class-conditional sampling (labels i mod C)."),
@@ -108,7 +114,7 @@ def run(
     rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
     atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
     time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
-    dtype: Optional[str] = typer.Option(None, help="float32 | float64: reference state dtype (default: the teacher's); fp16 | bf16 | fp32: SDXL UNet weights (the ODE state stays float32)."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | float64: reference state dtype (default: the teacher's); fp16 | bf16 | fp32: the UNet weights of a text-to-image teacher (the ODE state stays float32)."),
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
@@ -118,18 +124,18 @@ def run(
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
-    prompts: Optional[str] = typer.Option(None, help="SDXL: prompt file (.txt one per line, .jsonl or .csv), or 'builtin' (16 captions; the default). Sample i gets prompt i mod P."),
+    prompts: Optional[str] = typer.Option(None, help="Text-to-image teachers: prompt file (.txt one per line, .jsonl or .csv), or 'builtin' (16 captions; the default). Sample i gets prompt i mod P."),
     prompt_column: Optional[str] = typer.Option(None, help="Column of a .jsonl/.csv prompt file (default: caption, text or prompt)."),
-    device: Optional[str] = typer.Option(None, help="SDXL: cuda | cpu (default: cuda when available)."),
-    vae: Optional[str] = typer.Option(None, help="SDXL: a separate VAE folder or hub id (e.g. the fp16-fix VAE, run in --dtype); default: the teacher's VAE in float32."),
-    uncond_embeddings: Optional[str] = typer.Option(None, "--uncond-embeddings", help="SDXL CFG uncond branch: zeros (the paper, default) | empty (the encoded empty prompt)."),
-    height: Optional[int] = typer.Option(None, help="SDXL output height in pixels (default 1024; sets add_time_ids)."),
-    width: Optional[int] = typer.Option(None, help="SDXL output width in pixels (default 1024)."),
+    device: Optional[str] = typer.Option(None, help="Text-to-image teachers: cuda | cpu (default: cuda when available)."),
+    vae: Optional[str] = typer.Option(None, help="Text-to-image teachers: a separate VAE folder or hub id (e.g. SDXL's fp16-fix VAE, run in --dtype); default: the teacher's VAE in float32."),
+    uncond_embeddings: Optional[str] = typer.Option(None, "--uncond-embeddings", help="CFG uncond branch of text-to-image teachers: zeros (the paper; SDXL's default) | empty (the encoded empty prompt; SD's default)."),
+    height: Optional[int] = typer.Option(None, help="Text-to-image output height in pixels (default: the UNet's sample size x 8, e.g. SDXL 1024; sets SDXL's add_time_ids)."),
+    width: Optional[int] = typer.Option(None, help="Text-to-image output width in pixels (default as --height)."),
     student_guidance: Optional[float] = typer.Option(None, help="How an LCM-LoRA / LCM-SDXL / checkpoint-* student was distilled: its guidance weight (LCM-SDXL: the embedded one; pipeline guidance_scale = imagen w)."),
     student_guidance_form: str = typer.Option("imagen", help="Form of --student-guidance: imagen | lcm."),
-    student_convention: Optional[str] = typer.Option(None, help="Override the detected SDXL student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
-    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else paper for SDXL)."),
-    metrics: str = typer.Option("auto", help="SDXL image metrics (fid, fd_dinov2, clip_score, aesthetic, cmmd). auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
+    student_convention: Optional[str] = typer.Option(None, help="Override the detected UNet student convention: lcm (LCMScheduler) | paper (direct-cms checkpoints) | odebench."),
+    ddim100_timesteps: str = typer.Option("auto", help="ode_mse@ddim100 reference: sigma (UNet at t-1) | paper (UNet at the integer t, the released code) | auto (what the student sidecars declare, else the teacher family's: paper for SDXL, sigma otherwise)."),
+    metrics: str = typer.Option("auto", help="Image metrics of text-to-image teachers (fid, fd_dinov2, clip_score, aesthetic, cmmd). auto: every metric whose weights are found (skipped ones listed with why) | ode | a list such as fid,clip_score (each required)."),
     fid_weights: Optional[str] = typer.Option(None, help="Inception TorchScript (clean-fid's inception-2015-12-05.pt)."),
     dinov2_weights: Optional[str] = typer.Option(None, help="DINOv2 transformers folder or hub id (default facebook/dinov2-large)."),
     clip_weights: Optional[str] = typer.Option(None, help="open_clip weights file or pretrained tag (default ViT-L/14 OpenAI)."),
@@ -222,24 +228,22 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
 
     from baselines.distill import DistillConfig
-    from baselines.train import train_student
+    from baselines.train import train_student, trainer_for
     from odebench.teachers.base import Guidance
-    from odebench.teachers.sdxl import is_sdxl_spec
 
-    sdxl_flags = {"data": data, "resolution": resolution, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-                  "optimizer": optimizer, "device": device, "vae": vae}
+    image_flags = {"data": data, "resolution": resolution, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+                   "optimizer": optimizer, "device": device, "vae": vae}
+    trainer = trainer_for(teacher)
+    defaults = trainer.defaults()
     sdxl = None
-    if is_sdxl_spec(teacher):
-        from baselines.sdxl_train import PAPER_DEFAULTS, SDXLOptions
+    if trainer.image_options:
+        from baselines.sdxl_train import SDXLOptions
 
-        defaults = PAPER_DEFAULTS
-        sdxl = SDXLOptions(**{k: v for k, v in sdxl_flags.items() if v is not None})
+        sdxl = SDXLOptions(**{k: v for k, v in image_flags.items() if v is not None})
     else:
-        given = [k for k, v in sdxl_flags.items() if v is not None]
+        given = [k for k, v in image_flags.items() if v is not None]
         if given:
             raise OdebenchError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to SDXL teachers only, not {teacher!r}")
-        defaults = {"steps": 2000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, "seed": 0, "checkpoint_every": 500,
-                    "lora_rank": 0, "lora_alpha": 0.0}
 
     def pick(name, value):
         return defaults[name] if value is None else value
@@ -505,14 +509,16 @@ def ls(runs_dir: Path = typer.Option(Path("runs"), help="Runs directory to list.
     from rich.table import Table
 
     from odebench.results import read_result
-    from odebench.teachers import PRESETS
+    from odebench.teachers.family import families
 
     console = _console()
     t = Table(title="teachers")
+    t.add_column("family")
     t.add_column("name")
     t.add_column("what")
-    for k, v in PRESETS.items():
-        t.add_row(k, v)
+    for fam in families():
+        for k, v in (fam.presets or {fam.name: fam.help}).items():
+            t.add_row(fam.name, k, v)
     console.print(t)
     console.print("students: " + STUDENT_HELP)
     if runs_dir.is_dir():

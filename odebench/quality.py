@@ -1,4 +1,5 @@
-"""Which quality metrics a domain gets, and the reference data they compare against."""
+"""Quality scorers and the reference data they compare against; a teacher family picks its scorer
+(TeacherFamily.quality in odebench.teachers.family)."""
 from __future__ import annotations
 
 from typing import Any
@@ -79,19 +80,6 @@ class DigitsQuality:
         return metrics, extras, per_sample
 
 
-def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int, metrics: str = "auto",
-                weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10):
-    """The quality scorer for this teacher's domain, or None if it has none; `metrics` and `weights`
-    select the real-weight image metrics of text-to-image teachers (see ImageQuality)."""
-    if hasattr(teacher, "set_prompts"):  # text-to-image (SDXL)
-        return ImageQuality(teacher, conditions, n, metrics, weights, device, fd_bootstrap)
-    if hasattr(teacher, "mixture"):
-        return MixtureQuality(teacher, conditions, seed, n)
-    if teacher.name == "digits":
-        return DigitsQuality(teacher, conditions, n)
-    return None
-
-
 IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic", "cmmd")
 METRICS_HELP = ("auto: every image metric whose weights are found (the others are listed as skipped, with why); "
                 "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic,cmmd (each required)")
@@ -112,7 +100,7 @@ def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
 
 
 class ImageQuality:
-    """Text-to-image domains (SDXL): latents decoded to uint8 images in memory; FID and FD-DINOv2
+    """Text-to-image families (SDXL, SD): latents decoded to uint8 images in memory; FID and FD-DINOv2
     against the teacher's own reference-ODE samples from the same seeds and prompts (the paper's
     protocol), CMMD against the same samples, CLIP score of each sample against its prompt, and the LAION
     aesthetic score."""
@@ -125,7 +113,7 @@ class ImageQuality:
         self.fd_bootstrap = int(fd_bootstrap)
         weights = dict(weights or {})
         self.teacher = teacher
-        self.prompts = conditions.texts(range(n)) if hasattr(conditions, "texts") else None
+        self.prompts = conditions.texts(range(n))
         self.skipped: dict[str, str] = {}
         self.extractors: dict[str, Any] = {}
         self.clip = None

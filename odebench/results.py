@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,6 +100,37 @@ def finite_result(result: dict[str, Any]) -> dict[str, Any]:
         shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
         clean["flags"] = [*clean.get("flags", []), f"{NON_FINITE_FLAG}: {len(found)} number(s) were inf/nan and are null ({shown})"]
     return clean
+
+
+def build_result(*, name: str, command: list[str], teacher: dict[str, Any], student: dict[str, Any],
+                 conditioning: dict[str, Any], samples: int, seeds: dict[str, Any], solver, floor: dict | None,
+                 ddim100: dict | None, ref, nfe: dict[str, Any], metrics: dict, curve: dict | None,
+                 spectrum: dict | None, extras: dict[str, Any], flags: list[str], timings: dict[str, float],
+                 distributed: dict[str, Any]) -> dict[str, Any]:
+    """One run's result.json (schema SCHEMA): identity of the teacher ODE and the student (its `kind` says
+    what it was trained to do), the reference (`solver` a SolverSpec, `ref` a ReferenceSet), NFEs,
+    metrics (MetricValue), curves, flags, timings and the environment."""
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "teacher": teacher,
+        "student": student,
+        "conditioning": conditioning,
+        "samples": samples,
+        "seeds": {**seeds, "exact_samples": "stream_seed(seed, -1, 0)"},
+        "reference": {"solver": solver.to_dict(), "description": solver.describe(), "floor": floor, "ddim100": ddim100,
+                      "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
+        "nfe": {**nfe, "reference": ref.nfe_summary()},
+        "metrics": {k: v.to_dict() for k, v in metrics.items()},
+        "curves": {**({"ode_mse_vs_sigma": curve} if curve is not None else {}),
+                   **({"spectrum": spectrum} if spectrum is not None else {})},
+        "extras": extras,
+        "flags": flags,
+        "timings": timings,
+        "environment": {**environment(), **distributed},
+    }
 
 
 def write_run(out_dir: Path, name: str, result: dict[str, Any], tensors: dict[str, torch.Tensor],

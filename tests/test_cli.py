@@ -358,7 +358,7 @@ def test_checkpoint_student_brings_its_teacher(student_ckpt, tmp_path):
     assert res["teacher"]["fingerprint"] == gmm.fingerprint()
     assert res["teacher"]["teacher"] == "gmm"
     assert res["teacher"]["origin"].startswith("student ")
-    assert res["student"]["kind"] == "ConsistencyStudent" and res["student"]["steps"] == 2
+    assert res["student"]["class"] == "ConsistencyStudent" and res["student"]["kind"] == "trajectory" and res["student"]["steps"] == 2
     assert res["student"]["trained_for"]["fingerprint"] == gmm.fingerprint()
     assert res["nfe"]["student_per_sample"] == 2
     assert res["flags"] == [] or not any(f.startswith("teacher-mismatch") for f in res["flags"])

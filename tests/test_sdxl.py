@@ -61,14 +61,17 @@ def base_teacher(sdxl_dir):
 # ------------------------------------------------------------------------------- teacher --
 
 def test_loads_through_the_diffusers_folder_and_hub_cache_layout(sdxl_dir, base_teacher, tmp_path, monkeypatch):
-    from odebench.teachers.sdxl import SDXLTeacher, is_sdxl_spec
+    from odebench.teachers.family import family_for_spec
+    from odebench.teachers.sdxl import SDXLTeacher
 
     t = base_teacher
     assert isinstance(t, SDXLTeacher) and t.shape == (4, LATENT, LATENT) and (t.height, t.width) == (16, 16)
     assert t.guidance == Guidance(9.0, "imagen", "zeros") and t.prediction == "epsilon"
     assert 0.029 < t.sigma_min < 0.03 and 14.6 < t.sigma_max < 14.7
     assert all(len(tok) > 2 for tok in t.tokenizers)
-    assert is_sdxl_spec("sdxl") and is_sdxl_spec(str(sdxl_dir)) and is_sdxl_spec("org/model") and not is_sdxl_spec("gmm")
+    assert [family_for_spec(s).name for s in ("sdxl", str(sdxl_dir), "gmm")] == ["sdxl", "sdxl", "gmm"]
+    with pytest.raises(OdebenchError, match="org/model.*nothing is downloaded"):  # a hub id that is not on this machine
+        family_for_spec("org/model")
     # a hub id resolves from $ODEBENCH_WEIGHTS/<name> (as from the HF cache), never downloads
     monkeypatch.setenv("ODEBENCH_WEIGHTS", str(sdxl_dir.parent))
     from odebench.teachers import load_teacher
@@ -108,7 +111,7 @@ def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
         load_teacher(str(broken))
     with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher(str(sdxl_dir), dtype="int8")
-    with pytest.raises(OdebenchError, match="SDXL teachers only"):
+    with pytest.raises(OdebenchError, match="apply to SDXL / SD teachers only"):
         load_teacher("gmm", dtype="fp16")
 
 

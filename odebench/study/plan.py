@@ -134,10 +134,10 @@ def plan(config: StudyConfig) -> tuple[list[Point], dict[str, Any]]:
     """Every grid point with its full identity (checked before anything runs), and the teacher's identity."""
     from baselines.distill import LOSSES, TARGETS, DistillConfig
     from baselines.targets import SOLVERS
+    from baselines.train import trainer_for
     from odebench.bench import RunConfig
     from odebench.teachers import load_teacher
-    from odebench.teachers.base import Guidance
-    from odebench.teachers.sdxl import is_sdxl_spec
+    from odebench.teachers.base import DISCRETE, Guidance
 
     c = config
     for name in GRID_FIELDS:
@@ -157,12 +157,12 @@ def plan(config: StudyConfig) -> tuple[list[Point], dict[str, Any]]:
         raise OdebenchError("--solver ddim and euler are the same step (DDIM = Euler in sigma in VE coordinates); list one")
     if any(r < 0 for r in c.lora_ranks):
         raise OdebenchError("--lora ranks must be non-negative (0 = full fine-tune)")
-    if is_sdxl_spec(c.teacher):
+    if trainer_for(c.teacher).image_options:
         raise OdebenchError("odebench study trains on CPU-sized teachers (gmm, gmm64, digits, a teacher JSON); "
-                            "train SDXL students with `odebench train` and compare them with `odebench run`")
+                            "train text-to-image students with `odebench train` and compare them with `odebench run`")
     guidance = Guidance(c.guidance, c.guidance_form) if c.guidance is not None else None
     teacher = load_teacher(c.teacher, guidance)
-    is_unet = hasattr(teacher, "unet")
+    is_unet = teacher.has(DISCRETE)  # a discrete-schedule UNet teacher: its students are LCM UNets
     if not is_unet and any(c.lora_ranks):
         raise OdebenchError(f"--lora applies to UNet teachers (digits), not {teacher.name!r}")
     defaults = UNET_DEFAULTS if is_unet else MLP_DEFAULTS

@@ -18,6 +18,66 @@ from odebench.errors import OdebenchError
 
 GUIDANCE_FORMS = ("imagen", "lcm")
 
+# Optional protocols a teacher class declares in `capabilities` (never probed with hasattr):
+TEXT = "text-conditioned"  # set_prompts(prompts); conditions are prompt indices; condition_inputs(cond, batch)
+DECODES = "decodes"  # decode(x) -> uint8 RGB images; grid_count / grid_scale for sample grids
+DISCRETE = "discrete-schedule"  # a trained table of T noise levels: sigmas, num_timesteps, sigma_to_t, model_output
+UNET = "unet"  # a diffusers UNet2DConditionModel (`unet`, `run_unet`) that students may copy and LoRA
+SCHEDULER = "diffusers-scheduler"  # scheduler_config(), check_scheduler(cls), model_output(sample, t, cond): diffusers' schedulers drive it
+
+
+class ForwardProcess:
+    """How a family's own (native) state maps to EDM's VE state: y = alpha(sigma) x (FAMILIES.md).
+
+    In VE coordinates every family noises the same way, x = x0 + sigma z; only the native state
+    differs: VE alpha = 1; discrete VP alpha = 1/sqrt(1 + sigma^2) (y = sqrt(abar) x0 + sqrt(1 - abar) z);
+    rectified flow alpha = 1/(1 + sigma) (y = (1 - t) x0 + t z with t = sigma/(1 + sigma)). The native
+    state stays finite at sigma = infinity (pure noise y = z for VP and flow), which is where a
+    diffusers scheduler starts; `init_scale` maps that pure-noise start to a finite sigma_max."""
+
+    name = "ve"
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(sigma)
+
+    def init_scale(self, sigma_max: float) -> float:
+        """x(sigma_max) = init_scale * z: EDM's sigma_max z for a VE teacher."""
+        return sigma_max
+
+    def to_native(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return x * self._view(self.alpha(torch.as_tensor(sigma, dtype=torch.float64)), x)
+
+    def from_native(self, y: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return y / self._view(self.alpha(torch.as_tensor(sigma, dtype=torch.float64)), y)
+
+    @staticmethod
+    def _view(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        a = a.to(x.dtype).to(x.device)
+        return a.reshape(-1, *([1] * (x.dim() - 1))) if a.ndim else a
+
+    def describe(self) -> str:
+        return "VE: x = x0 + sigma z"
+
+
+class VPProcess(ForwardProcess):
+    """Discrete variance-preserving: x_vp = x / sqrt(1 + sigma^2); pure noise x_vp = z at sigma_max."""
+
+    name = "vp"
+
+    def alpha(self, sigma):
+        return 1.0 / torch.sqrt(1.0 + sigma ** 2)
+
+    def init_scale(self, sigma_max):
+        """x(sigma_max) = z sqrt(1 + sigma_max^2): VP pure noise z in VE coordinates (DESIGN section 8)."""
+        return float((1.0 + sigma_max ** 2) ** 0.5)
+
+    def describe(self):
+        return "VP: x_vp = sqrt(abar) x0 + sqrt(1 - abar) z = x / sqrt(1 + sigma^2)"
+
+
+VE = ForwardProcess()
+VP = VPProcess()
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -90,9 +150,17 @@ class EvalCounter:
 
 
 class Teacher(ABC):
-    """A diffusion teacher seen through its denoiser; subclasses implement `_denoise` only."""
+    """A diffusion teacher seen through its denoiser; subclasses implement `_denoise` only.
+
+    `family` names its TeacherFamily (odebench.teachers.family: loading, default rows, paper grid,
+    quality metrics); `capabilities` declares the optional protocols above; `process` is its forward
+    process (the hooks initial_state / add_noise / renoise below work in VE coordinates through it)."""
 
     name: str
+    family: str = ""
+    capabilities: frozenset[str] = frozenset()
+    process: ForwardProcess = VE
+    device: torch.device = torch.device("cpu")  # where the network runs and the ODE state lives
     shape: tuple[int, ...]  # shape of one sample
     sigma_min: float
     sigma_max: float
@@ -100,8 +168,9 @@ class Teacher(ABC):
     default_dtype: torch.dtype = torch.float32
     default_conditional: bool = False
     default_guidance: Guidance = Guidance()
-    default_students: tuple[str, ...] = ("ddim:1", "ddim:2", "ddim:4", "ddim:16", "heun:8", "ref")
     default_samples: int = 1024
+    grid_count: int = 100  # DECODES: samples in a run's samples.png
+    grid_scale: int = 4  # DECODES: pixel upscaling of that grid
 
     def __init__(self) -> None:
         self.guidance = self.default_guidance
@@ -125,9 +194,26 @@ class Teacher(ABC):
     def sigma_data(self) -> float:
         """Data standard deviation used by EDM-style student preconditioning."""
 
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    # -- the forward process (hooks; VE coordinates) ----------------------------------------
     def init_noise_scale(self) -> float:
-        """x(sigma_max) = scale * z; EDM's sigma_max for a VE teacher (discrete VP adapters override)."""
-        return self.sigma_max
+        """x(sigma_max) = scale * z: the forward process's pure-noise start at sigma_max."""
+        return self.process.init_scale(self.sigma_max)
+
+    def initial_state(self, z: torch.Tensor) -> torch.Tensor:
+        """The ODE's start x(sigma_max) for standard normal noise z."""
+        return z * self.init_noise_scale()
+
+    def add_noise(self, x0: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x = x0 + sigma z for per-item noise levels sigma (B,): the forward process in VE coordinates."""
+        return x0 + sigma.to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1)) * z
+
+    def renoise(self, x0: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
+        """A multistep sampler's jump back to noise level sigma from an x0 estimate (LCMScheduler's
+        sqrt(abar) x0 + sqrt(1 - abar) z in VP terms is this in VE coordinates)."""
+        return x0 + sigma * z
 
     # -- the guided denoiser ---------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:

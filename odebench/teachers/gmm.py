@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
 from odebench.schema import Arr, Bool, Int, Num, Obj, OneOf, Opt, Str, validate
 from odebench.teachers.base import Teacher
+from odebench.teachers.family import TeacherFamily, register
 
 DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
@@ -24,6 +27,7 @@ DEFAULT_SIGMA_MAX = 80.0
 class GMMTeacher(Teacher):
     """Exact mixture teacher; class c conditions on the sub-mixture of components labelled c."""
 
+    family = "gmm"
     default_dtype = torch.float64  # small domain: integrate in float64 (DESIGN section 8)
 
     def __init__(self, means, stds, weights=None, classes=None, sigma_min: float = DEFAULT_SIGMA_MIN,
@@ -144,3 +148,55 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
         raise OdebenchError(f"{source}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     return GMMTeacher(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
                       name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
+
+
+def preset_spec(name: str) -> dict[str, Any]:
+    """The definition of a named preset (odebench/assets/teachers/NAME.json)."""
+    from importlib import resources
+
+    return json.loads(resources.files("odebench.assets").joinpath("teachers", f"{name}.json").read_text())
+
+
+class GMMFamily(TeacherFamily):
+    """Analytic mixtures: the presets in odebench/assets/teachers, an inline definition, or a JSON file."""
+
+    name = "gmm"
+    help = "analytic Gaussian mixture with an exact score: a preset or a teacher JSON file"
+    presets = {
+        "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
+        "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
+    }
+
+    def matches(self, spec) -> bool:
+        if isinstance(spec, dict):
+            return True
+        if not isinstance(spec, (str, Path)):
+            return False
+        s = str(spec)
+        return s in self.presets or s.lower().endswith(".json") or Path(s).is_file()
+
+    def load(self, spec, **options) -> GMMTeacher:
+        if isinstance(spec, dict):
+            return gmm_from_spec(spec, "teacher definition")
+        if str(spec) in self.presets:
+            return gmm_from_spec(preset_spec(str(spec)), f"preset {spec}")
+        path = Path(spec)
+        if path.is_dir():
+            raise OdebenchError(f"teacher file {path} is a directory")
+        if not path.is_file():
+            raise OdebenchError(f"teacher file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OdebenchError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(data, dict) and "name" not in data:
+            data = {**data, "name": path.stem}  # a file's teacher is not the "gmm" preset
+        return gmm_from_spec(data, str(path))
+
+    def quality(self, teacher, conditions, seed, n, selection="auto", weights=None, device=None, fd_bootstrap=10):
+        from odebench.quality import MixtureQuality
+
+        return MixtureQuality(teacher, conditions, seed, n)
+
+
+register(GMMFamily())
