@@ -29,8 +29,9 @@ def print_run_table(console, outcomes) -> None:
     first = outcomes[0].result
     cols = [c for c in COLUMNS if any(c in o.result["metrics"] for o in outcomes)]
     arrows = {c: "↑" if first["metrics"].get(c, {}).get("higher_is_better") else "↓" for c in cols}
-    t = Table(title=f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "
-                    f"guidance {first['teacher']['guidance']['imagen_w']:g} (imagen)")
+    g = first["teacher"]["guidance"]
+    g_text = f"{g['imagen_w']:g} (imagen)" if "imagen_w" in g else f"{g['w']:g} ({g['form']})"
+    t = Table(title=f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · guidance {g_text}")
     t.add_column("student")
     t.add_column("NFE", justify="right")
     for c in cols:

@@ -3,6 +3,13 @@
 With one component the PF-ODE has the closed-form flow
 x(sigma) = mu + (x(sigma_0) - mu) sqrt(s^2 + sigma^2)/sqrt(s^2 + sigma_0^2), which the tests
 use to check the reference solver.
+
+Under the rectified-flow process (`"process": "flow"`, presets gmm-flow / gmm64-flow) the same mixture
+is an exact flow teacher: the state is x_t = (1 - t) x0 + t z, the noise level is t in [t_min, 1]
+(odebench.teachers.base.FlowProcess) and D(x_t, t) = E[x0 | x_t] exactly, so v = (x_t - D)/t is the
+exact velocity; one component has the closed-form flow
+x_t = (1 - t) mu + (x_t0 - (1 - t0) mu) sqrt((1 - t)^2 s^2 + t^2)/sqrt((1 - t0)^2 s^2 + t0^2),
+from x_1 = z at t = 1: pure noise exactly.
 """
 from __future__ import annotations
 
@@ -16,11 +23,13 @@ import torch
 
 from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
-from odebench.teachers.base import Teacher
+from odebench.teachers.base import FLOW, VE, Teacher
 from odebench.teachers.family import TeacherFamily, register
 
 DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
+DEFAULT_T_MIN = 0.002  # a flow teacher's t_min (its "sigma_min"; EDM sigma 0.002004)
+PROCESSES = {"ve": VE, "flow": FLOW}  # the forward processes a mixture teacher can be seen under
 
 
 class GMMTeacher(Teacher):
@@ -30,8 +39,14 @@ class GMMTeacher(Teacher):
     default_dtype = torch.float64  # small domain: integrate in float64 (DESIGN section 8)
 
     def __init__(self, means, stds, weights=None, classes=None, sigma_min: float = DEFAULT_SIGMA_MIN,
-                 sigma_max: float = DEFAULT_SIGMA_MAX, name: str = "gmm", conditional: bool = False) -> None:
+                 sigma_max: float = DEFAULT_SIGMA_MAX, name: str = "gmm", conditional: bool = False,
+                 process: str = "ve") -> None:
         super().__init__()
+        if process not in PROCESSES:
+            raise OdebenchError(f"unknown process {process!r}: expected {' or '.join(PROCESSES)}")
+        self.process = PROCESSES[process]
+        if process == "flow" and sigma_max != 1.0:
+            raise OdebenchError(f"a flow teacher's noise level is t in (0, 1]: sigma_max must be 1, got {sigma_max}")
         means = torch.as_tensor(means, dtype=torch.float64)
         k, d = means.shape
         stds = torch.as_tensor(stds, dtype=torch.float64)
@@ -58,10 +73,12 @@ class GMMTeacher(Teacher):
         return self.classes.to(cond.device)[None, :] == cond[:, None]
 
     def _denoise(self, x, sigma, cond):
+        if self.process is FLOW:  # sigma is flow time t here
+            return self.mixture.flow_posterior_mean(x, sigma, self.class_mask(cond))
         return self.mixture.posterior_mean(x, sigma, self.class_mask(cond))
 
     def log_prob(self, x: torch.Tensor, sigma=0.0, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """log p_sigma(x | cond), exact (unguided)."""
+        """log p_sigma(x | cond), exact (unguided), of the VE process (at sigma = 0: the data density, any process)."""
         return self.mixture.log_prob(x, sigma, self.class_mask(cond))
 
     @property
@@ -69,9 +86,16 @@ class GMMTeacher(Teacher):
         return float(self.mixture.total_variance().mean().sqrt())
 
     # -- identity ----------------------------------------------------------------------------
+    def ode_identity(self):
+        ident = super().ode_identity()
+        if self.process is FLOW:  # absent for VE, so existing cache keys stay valid
+            ident["process"] = self.process.describe()
+        return ident
+
     def spec(self) -> dict[str, Any]:
         m = self.mixture
-        return {
+        extra = {"process": self.process.name} if self.process is FLOW else {}  # VE specs (and fingerprints) unchanged
+        return {**extra, 
             "kind": "gmm",
             "name": self.name,
             "means": m.means.tolist(),
@@ -105,7 +129,7 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
         raise OdebenchError(f"{source}: a teacher definition must be a JSON object")
     if spec.get("kind") != "gmm":
         raise OdebenchError(f"{source}: unsupported teacher kind {spec.get('kind')!r} (expected \"gmm\")")
-    known = {"kind", "name", "means", "stds", "weights", "classes", "sigma_min", "sigma_max", "conditional"}
+    known = {"kind", "name", "means", "stds", "weights", "classes", "sigma_min", "sigma_max", "conditional", "process"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise OdebenchError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -147,15 +171,21 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
             raise OdebenchError(f"{source}: 'classes' must number classes 0..C-1 without gaps (missing {missing})")
     if not bool(torch.isfinite(means_t).all()) or not bool(torch.isfinite(stds_t).all()) or not bool((stds_t > 0).all()):
         raise OdebenchError(f"{source}: 'means' must be finite and 'stds' finite and positive")
+    process = spec.get("process", "ve")
+    if process not in PROCESSES:
+        raise OdebenchError(f"{source}: 'process' must be {' or '.join(repr(p) for p in PROCESSES)}, got {process!r}")
+    flow = process == "flow"
     try:
-        sigma_min = float(spec.get("sigma_min", DEFAULT_SIGMA_MIN))
-        sigma_max = float(spec.get("sigma_max", DEFAULT_SIGMA_MAX))
+        sigma_min = float(spec.get("sigma_min", DEFAULT_T_MIN if flow else DEFAULT_SIGMA_MIN))
+        sigma_max = float(spec.get("sigma_max", 1.0 if flow else DEFAULT_SIGMA_MAX))
     except (TypeError, ValueError):
         raise OdebenchError(f"{source}: 'sigma_min' and 'sigma_max' must be numbers") from None
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
         raise OdebenchError(f"{source}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+    if flow and sigma_max != 1.0:
+        raise OdebenchError(f"{source}: a flow teacher's noise level is t, pure noise at t = 1: 'sigma_max' must be 1, got {sigma_max}")
     return GMMTeacher(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
-                      name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
+                      name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)), process=process)
 
 
 def preset_spec(name: str) -> dict[str, Any]:
@@ -173,6 +203,8 @@ class GMMFamily(TeacherFamily):
     presets = {
         "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
         "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
+        "gmm-flow": "the gmm ring under the rectified-flow process x_t = (1 - t) x0 + t z, exact velocity",
+        "gmm64-flow": "the gmm64 mixture under the rectified-flow process, exact velocity",
     }
 
     def matches(self, spec) -> bool:
