@@ -111,7 +111,7 @@ def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
         load_teacher(str(broken))
     with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher(str(sdxl_dir), dtype="int8")
-    with pytest.raises(OdebenchError, match="SDXL teachers only"):
+    with pytest.raises(OdebenchError, match="apply to SDXL / SD teachers only"):
         load_teacher("gmm", dtype="fp16")
 
 

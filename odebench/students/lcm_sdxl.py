@@ -59,7 +59,7 @@ class UNetConsistencyStudent(Student):
     def _timestep_cond(self, batch: int) -> torch.Tensor | None:
         if self.embed_w is None:
             return None
-        from odebench.teachers.sdxl import guidance_scale_embedding
+        from odebench.teachers.text_to_image import guidance_scale_embedding
 
         return guidance_scale_embedding(torch.full((batch,), float(self.embed_w)), int(self.unet.config.time_cond_proj_dim))
 
@@ -139,8 +139,8 @@ def external_kind(spec: str) -> tuple[str, Path] | None:
 
 def _lora_unet(teacher, path: Path):
     """A copy of the teacher UNet with the LoRA loaded through diffusers' LoRA loader (diffusers,
-    kohya and peft key layouts) and fused into its weights."""
-    from diffusers import StableDiffusionXLPipeline
+    kohya and peft key layouts) of the teacher's pipeline class and fused into its weights."""
+    import diffusers
 
     weights = _lora_file(path) if path.is_dir() else path
     if weights is None:
@@ -148,12 +148,13 @@ def _lora_unet(teacher, path: Path):
     if weights.suffix == ".bin":
         raise OdebenchError(f"{weights}: only .safetensors LoRA files are loaded (a .bin file may hold pickled code)")
     unet = copy.deepcopy(teacher.unet)
+    loader = getattr(diffusers, teacher.pipeline)
     try:
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import get_peft_model_state_dict
 
         # the adapter metadata carries peft's lora_alpha: without it an alpha != rank LoRA loads mis-scaled
-        state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+        state, alphas, metadata = loader.lora_state_dict(
             str(weights.parent), weight_name=weights.name, local_files_only=True, return_lora_metadata=True)
         unet_sd = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
         if not unet_sd:
@@ -162,7 +163,7 @@ def _lora_unet(teacher, path: Path):
         # only the attention projections (lora.down/up) and leaves the rest as lora_A/B; diffusers' loader
         # then silently drops the renamed ones (measured with diffusers 0.42)
         peft_sd = convert_unet_state_dict_to_peft(unet_sd)
-        StableDiffusionXLPipeline.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
+        loader.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
                                                       adapter_name="student", metadata=metadata)
         loaded = len(get_peft_model_state_dict(unet, adapter_name="student"))
         if loaded != len(peft_sd):
@@ -212,9 +213,9 @@ def load_external_student(spec: str, teacher, *, steps: int | None = None, guida
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OdebenchError(f"cannot load the UNet {path}: {msg[:300]}") from None
         unet = unet.to(teacher.device)
-        from odebench.teachers.sdxl import _weights_file
+        from odebench.teachers.text_to_image import weights_file
 
-        wfile = _weights_file(path)
+        wfile = weights_file(path)
         if unet.config.time_cond_proj_dim is not None:
             # LCM-SDXL: the embedded w selects the ODE; the pipeline embeds guidance_scale - 1 (lcm form)
             g = guidance or Guidance(teacher.guidance.imagen_w, "imagen", "zeros")

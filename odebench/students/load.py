@@ -47,7 +47,7 @@ def build_model(side: dict[str, Any], source: Path) -> torch.nn.Module:
         from diffusers import UNet2DModel
 
         from odebench.students.unet_lcm import UNetLCM
-        from odebench.teachers.unet import alphas_cumprod_from_schedule
+        from odebench.teachers.discrete import alphas_cumprod_from_schedule
 
         try:
             unet = UNet2DModel.from_config(arch["unet_config"])

@@ -7,17 +7,27 @@ For a VP schedule with cumulative alphas abar_t (Karras et al. 2022, Table 1, "V
   sample-prediction: D = the network output.
 A noise level between two trained timesteps maps to a fractional timestep by linear interpolation
 of log sigma over the table, as k-diffusion and diffusers' Euler scheduler do. The same adapter
-serves the embedded digits UNet and SDXL.
+serves the embedded digits UNet, SD 1.x/2.x and SDXL.
+
+Zero terminal SNR (`rescale_betas_zero_snr`, Lin et al. 2024): abar_T = 0 is sigma = infinity, where the VE
+state is infinite. The table keeps abar_T = 2^-24 instead (sigma_max = 4096, what diffusers'
+EulerDiscreteScheduler does for such schedules): the reference starts from the VP latent z at that level.
+Diffusers' own schedulers (odebench.students.scheduler) still start from abar_T = 0 exactly, since they
+work on the VP latent, which is finite there.
 """
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
+from typing import Any
 
 import torch
 
 from odebench.teachers.base import DISCRETE, VP, Teacher
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TERMINAL_ABAR = 2.0 ** -24  # abar_T of a zero-terminal-SNR table (diffusers' EulerDiscreteScheduler's choice)
 
 
 def denoised_from_prediction(x: torch.Tensor, s: torch.Tensor, c_in: torch.Tensor, out: torch.Tensor,
@@ -35,6 +45,61 @@ def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 
     """SD/SDXL schedule: betas = linspace(sqrt(b0), sqrt(b1), T)^2, abar = cumprod(1 - betas); float64."""
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, Alg. 1 on sqrt(abar): shift so sqrt(abar_T) = 0, scale so sqrt(abar_0) is kept (float64)."""
+    a = alphas_cumprod.double().sqrt()
+    a0, a_t = a[0].clone(), a[-1].clone()
+    a = (a - a_t) * (a0 / (a0 - a_t))
+    return a ** 2
+
+
+def alphas_cumprod_from_schedule(schedule: dict[str, Any]) -> torch.Tensor:
+    """abar_t (float64) of a diffusers scheduler's training schedule: `beta_schedule` linear | scaled_linear |
+    squaredcos_cap_v2, beta_start/end, num_train_timesteps, optionally rescale_betas_zero_snr."""
+    from odebench.errors import OdebenchError
+
+    kind, beta = schedule.get("kind", "discrete-vp"), schedule.get("beta_schedule", "scaled_linear")
+    if kind != "discrete-vp" or beta not in BETA_SCHEDULES:
+        raise OdebenchError(f"unsupported schedule {schedule!r} (this odebench knows discrete-vp {', '.join(BETA_SCHEDULES)})")
+    try:
+        b0, b1, steps = float(schedule.get("beta_start", 0.0001)), float(schedule.get("beta_end", 0.02)), \
+            int(schedule["num_train_timesteps"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise OdebenchError(f"malformed schedule {schedule!r} ({e})") from None
+    if beta == "scaled_linear":
+        abar = scaled_linear_alphas_cumprod(b0, b1, steps)
+    elif beta == "linear":
+        abar = torch.cumprod(1.0 - torch.linspace(b0, b1, steps, dtype=torch.float64), dim=0)
+    else:  # Nichol & Dhariwal's cosine alpha_bar, betas capped at 0.999 (diffusers' betas_for_alpha_bar)
+        def f(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - f((i + 1) / steps) / f(i / steps), 0.999) for i in range(steps)], dtype=torch.float64)
+        abar = torch.cumprod(1.0 - betas, dim=0)
+    if schedule.get("rescale_betas_zero_snr"):
+        abar = rescale_zero_terminal_snr(abar)
+    return abar
+
+
+def schedule_from_scheduler_config(config: dict[str, Any], source: str) -> tuple[dict[str, Any], str]:
+    """(the schedule description odebench records, the prediction type) from a scheduler_config.json."""
+    from odebench.errors import OdebenchError
+
+    if config.get("trained_betas") is not None:
+        raise OdebenchError(f"{source}: trained_betas schedules are not supported")
+    schedule = {"kind": "discrete-vp", "beta_schedule": config.get("beta_schedule", "linear"),
+                "beta_start": float(config.get("beta_start", 0.0001)), "beta_end": float(config.get("beta_end", 0.02)),
+                "num_train_timesteps": int(config.get("num_train_timesteps", 1000))}
+    if schedule["beta_schedule"] not in BETA_SCHEDULES:
+        raise OdebenchError(f"{source}: beta_schedule {schedule['beta_schedule']!r} is not supported ({', '.join(BETA_SCHEDULES)})")
+    if config.get("rescale_betas_zero_snr"):
+        schedule["rescale_betas_zero_snr"] = True  # absent otherwise, so older descriptions stay equal
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise OdebenchError(f"{source}: prediction_type {prediction!r} is not supported ({', '.join(PREDICTIONS)})")
+    return schedule, prediction
 
 
 def sigma_to_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
@@ -64,7 +129,12 @@ class DiscreteVPTeacher(Teacher):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}")
-        self.alphas_cumprod = alphas_cumprod.double()
+        abar = alphas_cumprod.double()
+        self.zero_terminal_snr = bool(abar[-1] == 0)
+        if self.zero_terminal_snr:  # sigma_T = infinity: a finite start (module docstring)
+            abar = abar.clone()
+            abar[-1] = TERMINAL_ABAR
+        self.alphas_cumprod = abar
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # increasing in t
         self.log_sigmas = self.sigmas.log()
         self.prediction = prediction
@@ -103,6 +173,8 @@ class DiscreteVPTeacher(Teacher):
         ident = super().ode_identity()
         if self.timestep_shift:  # a different ODE; absent when 0 so existing cache keys stay valid
             ident["timestep_shift"] = self.timestep_shift
+        if self.zero_terminal_snr:
+            ident["zero_terminal_snr"] = f"abar_T = 0 held at {TERMINAL_ABAR:g}"
         return ident
 
     @abstractmethod
@@ -116,6 +188,34 @@ class DiscreteVPTeacher(Teacher):
     def _to_denoised(self, x: torch.Tensor, s: torch.Tensor, c_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return denoised_from_prediction(x, s, c_in, out.to(x.dtype), self.prediction)
 
+    def _model_pair(self, x_in: torch.Tensor, t: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uncond, cond) raw outputs; network teachers override this to run both branches as one batch."""
+        return self._model(x_in, t, None), self._model(x_in, t, cond)
+
     def _denoise(self, x, sigma, cond):
         s, c_in = self._scalings(x, sigma)
         return self._to_denoised(x, s, c_in, self._model(x * c_in, self.model_timestep(sigma), cond))
+
+    def _denoise_pair(self, x, sigma, cond):
+        s, c_in = self._scalings(x, sigma)
+        out_u, out_c = self._model_pair(x * c_in, self.model_timestep(sigma), cond)
+        return self._to_denoised(x, s, c_in, out_u), self._to_denoised(x, s, c_in, out_c)
+
+    def model_output(self, x_in: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """The guided raw network output (eps, v or x0) on VP input x_in at timesteps t: what a diffusers
+        pipeline hands its scheduler, CFG combined on the outputs as the pipelines do (the combination is
+        linear, so it is the same guided ODE as `denoise`'s); counts evaluations and passes like `denoise`."""
+        batch = x_in.shape[0]
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(batch)
+        self.counter.calls += 1
+        self.counter.sample_evals += batch
+        g = self.guidance
+        if cond is None or not g.needs_uncond:
+            self.counter.passes += batch
+            return self._model(x_in, t, cond).float()
+        if not g.needs_cond:
+            self.counter.passes += batch
+            return self._model(x_in, t, None).float()
+        self.counter.passes += 2 * batch
+        out_u, out_c = self._model_pair(x_in, t, cond)
+        return g.combine(out_u.float(), out_c.float())

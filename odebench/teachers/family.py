@@ -17,7 +17,7 @@ from odebench.errors import OdebenchError
 if TYPE_CHECKING:
     from odebench.teachers.base import Teacher
 
-BUILTIN = ("odebench.teachers.gmm", "odebench.teachers.unet", "odebench.teachers.sdxl")
+BUILTIN = ("odebench.teachers.gmm", "odebench.teachers.unet", "odebench.teachers.sdxl", "odebench.teachers.sd")
 ENTRY_POINTS = "odebench.teacher_families"
 
 

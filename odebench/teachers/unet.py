@@ -15,17 +15,10 @@ import torch
 
 from odebench.errors import OdebenchError
 from odebench.teachers.base import DECODES, DISCRETE, Guidance
-from odebench.teachers.discrete import DiscreteVPTeacher, scaled_linear_alphas_cumprod
+from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule  # noqa: F401 (re-exported)
 from odebench.teachers.family import PaperGrid, TeacherFamily, register
 
 TEACHER_FORMAT = "odebench-teacher"
-
-
-def alphas_cumprod_from_schedule(schedule: dict[str, Any]) -> torch.Tensor:
-    if schedule.get("kind") != "discrete-vp" or schedule.get("beta_schedule") != "scaled_linear":
-        raise OdebenchError(f"unsupported schedule {schedule!r} (this odebench knows discrete-vp scaled_linear)")
-    return scaled_linear_alphas_cumprod(float(schedule["beta_start"]), float(schedule["beta_end"]),
-                                        int(schedule["num_train_timesteps"]))
 
 
 class UNetClassTeacher(DiscreteVPTeacher):
@@ -67,14 +60,12 @@ class UNetClassTeacher(DiscreteVPTeacher):
     def _model(self, x_in, t, cond):
         return self._unet(x_in, t, self._labels(cond, x_in.shape[0]))
 
-    def _denoise_pair(self, x, sigma, cond):
+    def _model_pair(self, x_in, t, cond):
         """Both CFG branches in one UNet batch (the null label, then the requested one)."""
-        s, c_in = self._scalings(x, sigma)
-        t = self.model_timestep(sigma)
-        b = x.shape[0]
-        x_in = (x * c_in).repeat(2, *([1] * (x.dim() - 1)))
-        out = self._unet(x_in, t.repeat(2), torch.cat([self._labels(None, b), self._labels(cond, b)]))
-        return self._to_denoised(x, s, c_in, out[:b]), self._to_denoised(x, s, c_in, out[b:])
+        b = x_in.shape[0]
+        out = self._unet(x_in.repeat(2, *([1] * (x_in.dim() - 1))), t.repeat(2),
+                         torch.cat([self._labels(None, b), self._labels(cond, b)]))
+        return out[:b], out[b:]
 
     def fingerprint(self) -> str:
         blob = json.dumps({"weights": self.weights_sha256, "abar": hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest(),
