@@ -23,6 +23,9 @@ TEXT = "text-conditioned"  # set_prompts(prompts); conditions are prompt indices
 DECODES = "decodes"  # decode(x) -> uint8 RGB images; grid_count / grid_scale for sample grids
 DISCRETE = "discrete-schedule"  # a trained table of T noise levels: sigmas, num_timesteps, sigma_to_t, model_output
 UNET = "unet"  # a diffusers UNet2DConditionModel (`unet`, `run_unet`) that students may copy and LoRA
+FLOW_VELOCITY = "flow-velocity"  # a rectified-flow teacher's velocity view (odebench.teachers.flow.FlowModel):
+#   model_output(x_t, timestep, cond) -> guided v; scheduler_config; set_timesteps_kwargs(scheduler, k)
+TRANSFORMER = "transformer"  # a diffusers flow transformer (`transformer`, `run_transformer`) students may copy and LoRA
 
 
 class ForwardProcess:

@@ -23,13 +23,16 @@ import torch
 
 from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
-from odebench.teachers.base import FLOW, VE, Teacher
+from odebench.teachers.base import FLOW, FLOW_VELOCITY, VE, Teacher
 from odebench.teachers.family import TeacherFamily, register
+from odebench.teachers.flow import FlowModel
 
 DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
 DEFAULT_T_MIN = 0.002  # a flow teacher's t_min (its "sigma_min"; EDM sigma 0.002004)
 PROCESSES = {"ve": VE, "flow": FLOW}  # the forward processes a mixture teacher can be seen under
+FLOW_ROWS = ("FlowMatchEulerDiscreteScheduler:1", "FlowMatchEulerDiscreteScheduler:2", "FlowMatchEulerDiscreteScheduler:4",
+             "FlowMatchEulerDiscreteScheduler:16", "FlowMatchHeunDiscreteScheduler:8", "ref")
 
 
 class GMMTeacher(Teacher):
@@ -117,6 +120,19 @@ class GMMTeacher(Teacher):
         return self._fingerprint
 
 
+class GMMFlowTeacher(FlowModel, GMMTeacher):
+    """The mixture under the rectified-flow process: D(x_t, t) = E[x0 | x_t] exactly, v = (x_t - D)/t
+    exactly, and the velocity view diffusers' flow schedulers sample with (odebench.teachers.flow)."""
+
+    capabilities = frozenset({FLOW_VELOCITY})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "process": "flow"})
+
+    def describe(self):
+        return {**super().describe(), "flow": self.flow_identity(), "grid": self.grid_identity()}
+
+
 def _number_list(value, what: str, source: str) -> list:
     if not isinstance(value, list) or not value:
         raise OdebenchError(f"{source}: '{what}' must be a non-empty list")
@@ -184,8 +200,9 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
         raise OdebenchError(f"{source}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     if flow and sigma_max != 1.0:
         raise OdebenchError(f"{source}: a flow teacher's noise level is t, pure noise at t = 1: 'sigma_max' must be 1, got {sigma_max}")
-    return GMMTeacher(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
-                      name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)), process=process)
+    cls = GMMFlowTeacher if flow else GMMTeacher
+    return cls(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
+               name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
 
 
 def preset_spec(name: str) -> dict[str, Any]:
@@ -230,6 +247,11 @@ class GMMFamily(TeacherFamily):
         if isinstance(data, dict) and "name" not in data:
             data = {**data, "name": path.stem}  # a file's teacher is not the "gmm" preset
         return gmm_from_spec(data, str(path))
+
+    def rows(self, teacher):
+        if teacher.has(FLOW_VELOCITY):
+            return FLOW_ROWS
+        return self.default_rows
 
     def quality(self, teacher, conditions, seed, n, selection="auto", weights=None, device=None, fd_bootstrap=10):
         from odebench.quality import MixtureQuality
