@@ -164,6 +164,7 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
     """Samples of indices [0, n) in batches [lo, lo + batch_size); sharded over ranks by whole batches
     (so each batch is the single-process one) and gathered on rank 0 (None on other ranks)."""
     from odebench.distributed import Single
+    from odebench.ode.noise import SampleNoise
     from odebench.ode.trajectories import initial_state
 
     def shard(indices: range) -> torch.Tensor:
@@ -171,7 +172,7 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
         for lo in range(indices.start, indices.stop, batch_size):
             idx = range(lo, min(lo + batch_size, indices.stop))
             x_start = initial_state(teacher, noise, idx, dtype)
-            outs.append(student.sample(x_start, conditions.tensor(idx), lambda s, idx=idx: noise.draw(idx, s, dtype), steps))
+            outs.append(student.sample(x_start, conditions.tensor(idx), SampleNoise(noise, idx, dtype), steps))
             advance(len(idx))
         return torch.cat(outs)
 
@@ -359,7 +360,7 @@ def score(p: Plan, student, note: str | None, refs: References, s: Sampled, conf
         metrics.update({k_: v for k_, v in kstep.items() if k_.startswith("ode_mse")})
     t1 = time.perf_counter()
     # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
-    curve = None if student.is_oracle else _curve(student, ref, p.conditions, min(config.curve_samples, n))
+    curve = None if student.is_oracle or not student.curve else _curve(student, ref, p.conditions, min(config.curve_samples, n))
     if curve is not None:
         metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
                                                   None, refs.identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])

@@ -34,6 +34,14 @@ def exact_x0_hat(x_t, t):
     return MU + (1 - t) * S ** 2 / ((1 - t) ** 2 * S ** 2 + t ** 2) * (x_t - (1 - t) * MU)
 
 
+def bank_noise(n, seed):
+    """The run's noise for n samples (stream 0 is z) as bench hands it to students."""
+    from odebench.ode.noise import NoiseBank, SampleNoise
+
+    noise = SampleNoise(NoiseBank(seed, (3,)), range(n), torch.float64)
+    return noise(0), noise
+
+
 def rel(a, b):
     return float(((a - b).pow(2).sum() / b.pow(2).sum()).sqrt())
 
@@ -139,10 +147,10 @@ def test_flow_match_euler_row_equals_a_hand_written_loop(k):
     from odebench.students.kinds import load_student
 
     teacher = gauss_flow()
-    z = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z, noise = bank_noise(16, 1)
     row, _ = load_student(f"FlowMatchEulerDiscreteScheduler:{k}", teacher)
     assert row.kind == "solver" and row.nfe() == k
-    out = row.sample(teacher.initial_state(z), None, lambda s: None)
+    out = row.sample(teacher.initial_state(z), None, noise).double()
     torch.testing.assert_close(out, _hand_euler(z, k), rtol=2e-6, atol=2e-6)  # diffusers steps in float32
 
 
@@ -151,9 +159,9 @@ def test_flow_match_euler_error_falls_at_first_order():
     from odebench.students.kinds import load_student
 
     teacher = gauss_flow()
-    z = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z, noise = bank_noise(32, 2)
     truth = exact_x0_hat(exact_flow(z, 1e-3), 1e-3)  # the rows' last level is t = 1/1000
-    errs = [rel(load_student(f"FlowMatchEulerDiscreteScheduler:{k}", teacher)[0].sample(z, None, lambda s: None), truth)
+    errs = [rel(load_student(f"flow-euler:{k}", teacher)[0].sample(z, None, noise).double(), truth)
             for k in (16, 32, 64, 128)]
     rates = [math.log2(a / b) for a, b in zip(errs[:-1], errs[1:])]
     assert all(0.8 < r < 1.2 for r in rates), (errs, rates)
@@ -164,12 +172,12 @@ def test_heun_and_dpmsolver_rows_on_the_analytic_flow():
     from odebench.students.kinds import load_student
 
     teacher = gauss_flow()
-    z = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    z, noise = bank_noise(32, 5)
     truth = exact_x0_hat(exact_flow(z, 1e-3), 1e-3)
 
     def err(spec):
         row = load_student(spec, teacher)[0]
-        return rel(row.sample(z, None, lambda s: None), truth), row.nfe()
+        return rel(row.sample(z, None, noise).double(), truth), row.nfe()
 
     e_euler, n_euler = err("FlowMatchEulerDiscreteScheduler:16")
     e_heun, n_heun = err("FlowMatchHeunDiscreteScheduler:8")
@@ -178,9 +186,9 @@ def test_heun_and_dpmsolver_rows_on_the_analytic_flow():
     for spec in ("DPMSolverMultistepScheduler:8", "UniPCMultistepScheduler:8"):  # multistep 2nd order, 1 NFE a step
         e, n = err(spec)
         assert n == 8 and e < e_euler8 / 2, (spec, e, e_euler8)
-    with pytest.raises(OdebenchError, match="cannot sample a flow teacher"):
+    with pytest.raises(OdebenchError, match="cannot integrate a velocity field"):
         load_student("DDIMScheduler:4", teacher)
-    with pytest.raises(OdebenchError, match="flow teachers"):
+    with pytest.raises(OdebenchError, match="is not one"):
         load_student("FlowMatchEulerDiscreteScheduler:4", load_teacher("gmm"))
 
 
@@ -211,10 +219,10 @@ def test_embedded_guidance_is_its_own_ode():
 def test_cli_run_on_the_analytic_flow_teacher(tmp_path):
     from odebench.bench import RunConfig, run
 
-    outs = run(RunConfig(teacher="gmm-flow", students=("FlowMatchEulerDiscreteScheduler:4", "ref"), samples=32,
+    outs = run(RunConfig(teacher="gmm-flow", students=("flow-euler:4", "ref"), samples=32,
                          out=tmp_path, floor_samples=8, curve_samples=8, curve_points=3))
     r = {o.name: o.result for o in outs}
-    euler = r["FlowMatchEuler-4"]
+    euler = r["flow-euler-4"]
     assert euler["metrics"]["ode_mse@ref"]["value"] > 1e-6 and r["ref"]["metrics"]["ode_mse@ref"]["value"] == 0
     assert euler["teacher"]["flow"]["t_max"] == 1.0 and "rectified flow" in euler["teacher"]["process"]
     assert euler["student"]["timesteps"][0] == 1000.0 and euler["student"]["kind"] == "solver"

@@ -84,14 +84,22 @@ def _row(spec, teacher):
     return load_student(spec, teacher)[0]
 
 
+def _noise(n, shape, seed):
+    """The run's noise for n samples (stream 0 is z), as bench hands it to students."""
+    from odebench.ode.noise import NoiseBank, SampleNoise
+
+    noise = SampleNoise(NoiseBank(seed, shape), range(n))
+    return noise(0), noise
+
+
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("w", [1.0, 4.0])
 def test_sd3_rows_equal_the_pipeline(flow_dirs, pipes, k, w):
     """FlowMatchEulerDiscreteScheduler:K on the SD3 teacher = StableDiffusion3Pipeline's latents on the same noise
     (shift 3 grid, CFG on velocities with the empty prompt)."""
     teacher = _teacher(flow_dirs["sd3"]).with_guidance(Guidance(w))
-    z = torch.randn(2, *teacher.shape, generator=torch.Generator().manual_seed(k))
-    ours = _row(f"FlowMatchEulerDiscreteScheduler:{k}", teacher).sample(teacher.initial_state(z), torch.tensor([0, 1]), lambda s: None)
+    z, noise = _noise(2, teacher.shape, k)
+    ours = _row(f"FlowMatchEulerDiscreteScheduler:{k}", teacher).sample(teacher.initial_state(z), torch.tensor([0, 1]), noise)
     theirs = pipes["sd3"](prompt=CAPTIONS[:2], num_inference_steps=k, guidance_scale=w, latents=z.clone(), output_type="latent",
                           max_sequence_length=T5_LENGTH, height=PX, width=PX).images
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
@@ -106,14 +114,14 @@ def test_flux_rows_equal_the_pipeline(flow_dirs, pipes, kind, g):
     if g is not None:
         teacher = teacher.with_guidance(Guidance(g))  # a bare --guidance G: the embedded input
         assert teacher.guidance == Guidance(g, "embedded", "none") and not teacher.guidance.needs_uncond
-    z = torch.randn(2, *teacher.shape, generator=torch.Generator().manual_seed(5))
+    z, noise = _noise(2, teacher.shape, 5)
     for k in (1, 3):
         row = _row(f"FlowMatchEulerDiscreteScheduler:{k}", teacher)
-        ours = row.sample(teacher.initial_state(z), torch.tensor([0, 1]), lambda s: None)
+        ours = row.sample(teacher.initial_state(z), torch.tensor([0, 1]), noise)
         theirs = pipes[kind](prompt=CAPTIONS[:2], num_inference_steps=k, guidance_scale=g or 0.0, latents=pack_latents(z),
                              output_type="latent", max_sequence_length=T5_LENGTH, height=PX, width=PX).images
         torch.testing.assert_close(ours, unpack_latents(theirs, *teacher.shape[1:]), rtol=1e-4, atol=1e-4)
-    assert "mu" in row.describe()["set_timesteps"] and teacher.describe()["grid"]["mu"] > 0
+    assert "mu" in row.describe()["pipeline_set_timesteps"] and teacher.describe()["grid"]["mu"] > 0
 
 
 def test_flux_guidance_is_an_input_not_cfg(flow_dirs):
@@ -138,10 +146,10 @@ def test_sd3_reference_is_the_limit_of_euler_at_first_order(flow_dirs):
     from odebench.ode.spec import SolverSpec
 
     teacher = _teacher(flow_dirs["sd3"]).with_guidance(Guidance(2.0))
-    z = torch.randn(1, *teacher.shape, generator=torch.Generator().manual_seed(1))
+    z, noise = _noise(1, teacher.shape, 1)
     cond = torch.tensor([2])
     ref = solve_reference(teacher, teacher.initial_state(z), cond, SolverSpec(rtol=1e-6, atol=1e-6, dtype="float32")).x0
-    errs = [float((_row(f"FlowMatchEulerDiscreteScheduler:{k}:shift=1.0", teacher).sample(z, cond, None) - ref).pow(2).mean().sqrt())
+    errs = [float((_row(f"flow-euler:{k}?shift=1.0", teacher).sample(z, cond, noise) - ref).pow(2).mean().sqrt())
             for k in (16, 32, 64)]
     ratios = [errs[0] / errs[1], errs[1] / errs[2]]
     assert all(1.6 < r < 2.6 for r in ratios), (errs, ratios)
@@ -157,18 +165,18 @@ def test_odebench_run_on_tiny_sd3_end_to_end(flow_dirs, tmp_path, monkeypatch):
     (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS[:2]) + "\n")
     res = CliRunner().invoke(app, [
         "run", "--teacher", str(flow_dirs["sd3"]), "--prompts", str(tmp_path / "captions.txt"), "--samples", "2",
-        "--height", str(PX), "--width", str(PX), "--guidance", "3", "--student", "FlowMatchEulerDiscreteScheduler:2",
-        "--student", "FlowMatchHeunDiscreteScheduler:2", "--student", "ref", "--curve-points", "2", "--curve-samples", "2",
+        "--height", str(PX), "--width", str(PX), "--guidance", "3", "--student", "flow-euler:2",
+        "--student", "flow-heun:2", "--student", "ref", "--curve-points", "2", "--curve-samples", "2",
         "--floor-samples", "2", "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--metrics", "none",
         "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
-    r = json.loads((tmp_path / "runs" / "FlowMatchEuler-2" / "result.json").read_text())
+    r = json.loads((tmp_path / "runs" / "flow-euler-2" / "result.json").read_text())
     t = r["teacher"]
     assert t["shape"] == [16, 8, 8] and t["sigma_max"] == 1.0 and "rectified flow" in t["process"]
     assert t["grid"]["shift"] == 3.0 and t["flow"]["t_min"] == 0.001
     # diffusers shifts twice at K = 2: [1, shift(linspace(1, shift(1/1000), 2)[1])] (the pipeline's grid, tested above)
     assert r["student"]["timesteps"] == [1000.0, pytest.approx(1000 * 3 * 0.002994 / (1 + 2 * 0.002994), rel=1e-3)]
     assert r["nfe"]["student_teacher_passes"] == 2 * 2 * 2
-    assert (tmp_path / "runs" / "FlowMatchEuler-2" / "samples.png").is_file()
-    heun = json.loads((tmp_path / "runs" / "FlowMatchHeun-2" / "result.json").read_text())
+    assert (tmp_path / "runs" / "flow-euler-2" / "samples.png").is_file()
+    heun = json.loads((tmp_path / "runs" / "flow-heun-2" / "result.json").read_text())
     assert heun["nfe"]["student_per_sample"] == 3

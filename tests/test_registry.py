@@ -156,7 +156,7 @@ def test_unknown_specs_name_every_registered_kind_and_family(toy_registries):
 
 def test_capabilities_are_declared_not_probed():
     """Every built-in teacher class declares its family and protocols; the run never asks its class or name."""
-    from odebench.teachers.base import DECODES, DISCRETE, TEXT, UNET
+    from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, TEXT, UNET
     from odebench.teachers.family import families, get_family
     from odebench.teachers.gmm import GMMTeacher
     from odebench.teachers.sdxl import SDXLTeacher
@@ -164,6 +164,6 @@ def test_capabilities_are_declared_not_probed():
 
     assert {f.name for f in families()} >= {"gmm", "digits", "sdxl"}
     assert GMMTeacher.capabilities == frozenset() and GMMTeacher.family == "gmm"
-    assert UNetClassTeacher.capabilities == {DISCRETE, DECODES} and get_family(UNetClassTeacher.family).paper_grid.n == 100
-    assert SDXLTeacher.capabilities == {DISCRETE, DECODES, TEXT, UNET}
+    assert UNetClassTeacher.capabilities == {DISCRETE, DECODES, SCHEDULER} and get_family(UNetClassTeacher.family).paper_grid.n == 100
+    assert SDXLTeacher.capabilities == {DISCRETE, DECODES, TEXT, UNET, SCHEDULER}
     assert get_family("sdxl").paper_grid.unet_timesteps == "paper" and get_family("gmm").paper_grid is None

@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-# noise(stream) -> standard normal noise for the batch being sampled, from the noise bank.
+# noise(stream) -> standard normal noise for the batch being sampled, from the noise bank (an
+# odebench.ode.noise.SampleNoise, which also hands out per-sample generators for diffusers' schedulers).
 NoiseFn = Callable[[int], torch.Tensor]
 
 
@@ -17,6 +18,7 @@ class Student(ABC):
     kind: str = "trajectory"  # what it is meant to do: oracle | solver | trajectory | distribution | hybrid (kinds.py)
     format: str = ""  # the registry kind that loaded it (odebench.students.kinds)
     variable_steps: bool = False  # whether sample() accepts other step counts (k-step metrics)
+    curve: bool = True  # whether __call__ is a consistency function f(x, sigma) (the per-sigma error curve)
     trained_for: dict[str, Any] | None = None  # the teacher ODE a trained student was distilled from
 
     @property

@@ -23,6 +23,7 @@ TEXT = "text-conditioned"  # set_prompts(prompts); conditions are prompt indices
 DECODES = "decodes"  # decode(x) -> uint8 RGB images; grid_count / grid_scale for sample grids
 DISCRETE = "discrete-schedule"  # a trained table of T noise levels: sigmas, num_timesteps, sigma_to_t, model_output
 UNET = "unet"  # a diffusers UNet2DConditionModel (`unet`, `run_unet`) that students may copy and LoRA
+SCHEDULER = "diffusers-scheduler"  # scheduler_config(), check_scheduler(cls), model_output(sample, t, cond): diffusers' schedulers drive it
 FLOW_VELOCITY = "flow-velocity"  # a rectified-flow teacher's velocity view (odebench.teachers.flow.FlowModel):
 #   model_output(x_t, timestep, cond) -> guided v; scheduler_config; set_timesteps_kwargs(scheduler, k)
 TRANSFORMER = "transformer"  # a diffusers flow transformer (`transformer`, `run_transformer`) students may copy and LoRA
@@ -273,6 +274,11 @@ class Teacher(ABC):
         """A multistep sampler's jump back to noise level sigma from an x0 estimate (LCMScheduler's
         sqrt(abar) x0 + sqrt(1 - abar) z in VP terms is this in VE coordinates)."""
         return self.process.add_noise(x0, torch.full((x0.shape[0],), float(sigma), dtype=torch.float64), z)
+
+    def set_timesteps_kwargs(self, scheduler, k: int) -> dict[str, Any]:
+        """SCHEDULER teachers: what this teacher's pipeline passes to `scheduler.set_timesteps(k, ...)` besides k
+        (none for the UNet pipelines; FLUX's sigmas and dynamic-shift mu, odebench.teachers.flow_pipelines)."""
+        return {}
 
     # -- the guided denoiser ---------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from odebench.teachers.base import DISCRETE, VP, Teacher
+from odebench.teachers.base import DISCRETE, SCHEDULER, VP, Teacher
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -122,8 +122,10 @@ class DiscreteVPTeacher(Teacher):
     that belongs to sigma."""
 
     timestep_shift: float = 0.0
-    capabilities = frozenset({DISCRETE})
+    capabilities = frozenset({DISCRETE, SCHEDULER})
     process = VP
+    schedule: dict[str, Any] | None = None  # the training schedule's description (alphas_cumprod_from_schedule)
+    pipeline_scheduler_config: dict[str, Any] | None = None  # a pipeline folder's scheduler_config.json
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
@@ -200,6 +202,30 @@ class DiscreteVPTeacher(Teacher):
         s, c_in = self._scalings(x, sigma)
         out_u, out_c = self._model_pair(x * c_in, self.model_timestep(sigma), cond)
         return self._to_denoised(x, s, c_in, out_u), self._to_denoised(x, s, c_in, out_c)
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """The diffusers scheduler config of this teacher: its pipeline's, else one built from its schedule
+        (scheduler rows start from it: `SchedulerClass.from_config(config, **overrides)`)."""
+        if self.pipeline_scheduler_config:
+            return dict(self.pipeline_scheduler_config)
+        s = self.schedule or {}
+        cfg = {"num_train_timesteps": self.num_timesteps, "beta_schedule": s.get("beta_schedule", "scaled_linear"),
+               "beta_start": s.get("beta_start", 0.00085), "beta_end": s.get("beta_end", 0.012), "prediction_type": self.prediction}
+        if self.zero_terminal_snr:
+            cfg["rescale_betas_zero_snr"] = True
+        return cfg
+
+    def check_scheduler(self, cls) -> str | None:
+        """Why the diffusers scheduler class `cls` cannot drive this teacher (None if it can): it must be a
+        discrete-VP scheduler (one built from betas) that knows this prediction type."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        if "beta_schedule" not in params:
+            return f"{cls.__name__} is not a discrete-VP scheduler (it takes no beta schedule)"
+        if "prediction_type" not in params and self.prediction != "epsilon":
+            return f"{cls.__name__} supports epsilon-prediction only; this teacher predicts {self.prediction}"
+        return None
 
     def model_output(self, x_in: torch.Tensor, t, cond=None) -> torch.Tensor:
         """The guided raw network output (eps, v or x0) on VP input x_in at timesteps t: what a diffusers

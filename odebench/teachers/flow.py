@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from odebench.teachers.base import FLOW, FLOW_VELOCITY, Guidance, Teacher
+from odebench.teachers.base import FLOW, FLOW_VELOCITY, SCHEDULER, Guidance, Teacher
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -36,17 +36,20 @@ def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: i
 
 
 class FlowModel:
-    """The velocity view of a flow teacher (mixed into Teacher subclasses that set process = FLOW).
+    """The velocity view of a flow teacher (mixed into Teacher subclasses; process = FLOW): the SCHEDULER
+    protocol that diffusers' schedulers drive (odebench.students.scheduler rows and student cards).
 
     Subclasses give `_velocity(x_t, t, cond)` (one model pass, v = z - x0) or `_denoise`; the other
     follows from D = x_t - t v. `model_output` is what a diffusers flow pipeline hands its scheduler: the
     guided velocity at timestep 1000 t (CFG combines velocities; it is linear and the weights sum to 1,
-    so it is the same guided ODE as `denoise`'s)."""
+    so it is the same guided ODE as `denoise`'s). `scheduler_config()` is the pipeline's flow scheduler
+    config plus the flow-prediction settings (prediction_type flow_prediction, use_flow_sigmas, flow_shift =
+    the teacher's shift) that make DPM-Solver / UniPC / DEIS integrate the same velocity field (each class
+    takes the keys it knows)."""
 
     process = FLOW
-    scheduler_config: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteScheduler",
-                                        "num_train_timesteps": NUM_TRAIN_TIMESTEPS, "shift": 1.0}
-    uses_dynamic_shift: bool = False
+    pipeline_scheduler_config: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                 "num_train_timesteps": NUM_TRAIN_TIMESTEPS, "shift": 1.0}
 
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """v(x_t, t) for t of shape (B,); default from the denoiser: v = (x_t - D)/t."""
@@ -57,11 +60,14 @@ class FlowModel:
         """(v_uncond, v_cond); network teachers run both branches as one batch."""
         return self._velocity(x_t, t, None), self._velocity(x_t, t, cond)
 
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipeline_scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS))
+
     def model_output(self, x_t: torch.Tensor, timestep, cond=None) -> torch.Tensor:
         """The guided velocity at diffusers timestep(s) `timestep` (= 1000 t); counted like `denoise`."""
         batch = x_t.shape[0]
-        n = float(self.scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS))
-        t = (torch.as_tensor(timestep, dtype=torch.float64).reshape(-1) / n).expand(batch)
+        t = (torch.as_tensor(timestep, dtype=torch.float64).reshape(-1) / self.num_train_timesteps).expand(batch)
         self.counter.calls += 1
         self.counter.sample_evals += batch
         g = self.guidance
@@ -74,6 +80,23 @@ class FlowModel:
         self.counter.passes += 2 * batch
         return g.combine(*self._velocity_pair(x_t, t, cond))
 
+    def scheduler_config(self) -> dict[str, Any]:
+        cfg = dict(self.pipeline_scheduler_config)
+        flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": float(cfg.get("shift", 1.0))}
+        if cfg.get("use_dynamic_shifting"):
+            flow["time_shift_type"] = "exponential"
+        return {**flow, **cfg}
+
+    def check_scheduler(self, cls) -> str | None:
+        """FlowMatch* schedulers, and the multistep solvers that take prediction_type="flow_prediction"."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        if cls.__name__.startswith("FlowMatch") or "use_flow_sigmas" in params:
+            return None
+        return (f"{cls.__name__} cannot integrate a velocity field (flow teachers take FlowMatch* schedulers and "
+                "DPMSolverMultistepScheduler / UniPCMultistepScheduler / DEISMultistepScheduler with flow_prediction)")
+
     def set_timesteps_kwargs(self, scheduler, k: int) -> dict[str, Any]:
         """Extra arguments of `scheduler.set_timesteps(k, ...)` as this teacher's pipeline passes them
         (StableDiffusion3Pipeline: none; FluxPipeline: sigmas = linspace(1, 1/k, k) and mu)."""
@@ -81,7 +104,7 @@ class FlowModel:
 
     def grid_identity(self) -> dict[str, Any]:
         """How samplers of this teacher discretise t (recorded in results; not part of the ODE)."""
-        cfg = self.scheduler_config
+        cfg = self.pipeline_scheduler_config
         return {"scheduler": cfg.get("_class_name"), "shift": float(cfg.get("shift", 1.0)),
                 "use_dynamic_shifting": bool(cfg.get("use_dynamic_shifting", False)),
                 "note": "the shift warps the samplers' grids, not the ODE; the reference is shift-free"}
@@ -98,7 +121,7 @@ class FlowTeacher(FlowModel, Teacher):
     """A network flow teacher: subclasses implement `_velocity` (one transformer pass); D = x_t - t v."""
 
     family = "flow"
-    capabilities = frozenset({FLOW_VELOCITY})
+    capabilities = frozenset({FLOW_VELOCITY, SCHEDULER})
     sigma_max = 1.0
     sigma_min = 1.0 / NUM_TRAIN_TIMESTEPS  # the smallest t of the training schedule, shift-free
 

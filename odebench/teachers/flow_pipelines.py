@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, FLOW_VELOCITY, TEXT, TRANSFORMER, Guidance
+from odebench.teachers.base import DECODES, FLOW_VELOCITY, SCHEDULER, TEXT, TRANSFORMER, Guidance
 from odebench.teachers.family import TeacherFamily, register
 from odebench.teachers.flow import FlowTeacher, dynamic_shift_mu, embedded_guidance
 from odebench.teachers.text_to_image import (MODEL_DTYPES, TextToImageTeacher, WEIGHT_NAMES, _variant,
@@ -49,7 +49,7 @@ class FlowTextToImageTeacher(FlowTeacher):
     """A diffusers flow transformer with text conditioning; subclasses give `_encode`, `uncond_zeros`
     and `_transformer_pass` (module docstring)."""
 
-    capabilities = frozenset({FLOW_VELOCITY, TEXT, DECODES, TRANSFORMER})
+    capabilities = frozenset({FLOW_VELOCITY, SCHEDULER, TEXT, DECODES, TRANSFORMER})
     default_conditional = True
     default_samples = 64
     grid_scale = 1
@@ -79,7 +79,7 @@ class FlowTextToImageTeacher(FlowTeacher):
                 raise OdebenchError(f"tokenizer has only {len(tok)} tokens (its vocabulary did not load)")
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.vae_fp32 = True
-        self.scheduler_config = dict(scheduler_config)
+        self.pipeline_scheduler_config = dict(scheduler_config)
         self.name, self._spec, self.identity = name, spec, identity
         self.max_sequence_length = int(max_sequence_length)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
@@ -210,7 +210,7 @@ class SD3Teacher(FlowTextToImageTeacher):
 
     def _transformer_pass(self, transformer, x_t, t, ehs, pooled):
         dtype = next(transformer.parameters()).dtype
-        timestep = (t.double() * float(self.scheduler_config.get("num_train_timesteps", 1000))).float()
+        timestep = (t.double() * float(self.num_train_timesteps)).float()
         return transformer(hidden_states=x_t.to(self.device, dtype), timestep=timestep.to(self.device),
                            encoder_hidden_states=ehs.to(self.device, dtype), pooled_projections=pooled.to(self.device, dtype),
                            return_dict=False)[0]
@@ -323,7 +323,7 @@ class FluxTeacher(FlowTextToImageTeacher):
         return kw
 
     def dynamic_mu(self, cfg=None) -> float:
-        cfg = cfg or self.scheduler_config
+        cfg = cfg or self.pipeline_scheduler_config
         return dynamic_shift_mu(self.image_seq_len(), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
 
@@ -440,7 +440,7 @@ class FlowPipelineFamily(TeacherFamily):
     encoders: tuple = ()
     preset_ids: dict[str, str] = {}
     max_sequence_length = 256
-    default_rows = ("FlowMatchEulerDiscreteScheduler:4", "FlowMatchEulerDiscreteScheduler:8", "ref")
+    default_rows = ("flow-euler:4", "flow-euler:8", "ref")
 
     def matches(self, spec) -> bool:
         if isinstance(spec, (str, Path)) and str(spec) in self.preset_ids:

@@ -23,7 +23,7 @@ import torch
 
 from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
-from odebench.teachers.base import FLOW, FLOW_VELOCITY, VE, Teacher
+from odebench.teachers.base import FLOW, FLOW_VELOCITY, SCHEDULER, VE, Teacher
 from odebench.teachers.family import TeacherFamily, register
 from odebench.teachers.flow import FlowModel
 
@@ -31,8 +31,7 @@ DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
 DEFAULT_T_MIN = 0.002  # a flow teacher's t_min (its "sigma_min"; EDM sigma 0.002004)
 PROCESSES = {"ve": VE, "flow": FLOW}  # the forward processes a mixture teacher can be seen under
-FLOW_ROWS = ("FlowMatchEulerDiscreteScheduler:1", "FlowMatchEulerDiscreteScheduler:2", "FlowMatchEulerDiscreteScheduler:4",
-             "FlowMatchEulerDiscreteScheduler:16", "FlowMatchHeunDiscreteScheduler:8", "ref")
+FLOW_ROWS = ("flow-euler:1", "flow-euler:2", "flow-euler:4", "flow-euler:16", "flow-heun:8", "ref")
 
 
 class GMMTeacher(Teacher):
@@ -124,7 +123,7 @@ class GMMFlowTeacher(FlowModel, GMMTeacher):
     """The mixture under the rectified-flow process: D(x_t, t) = E[x0 | x_t] exactly, v = (x_t - D)/t
     exactly, and the velocity view diffusers' flow schedulers sample with (odebench.teachers.flow)."""
 
-    capabilities = frozenset({FLOW_VELOCITY})
+    capabilities = frozenset({FLOW_VELOCITY, SCHEDULER})
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "process": "flow"})

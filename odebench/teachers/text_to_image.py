@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, DISCRETE, TEXT, UNET, Guidance
+from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, TEXT, UNET, Guidance
 from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule, schedule_from_scheduler_config
 from odebench.teachers.family import TeacherFamily
 from odebench.teachers.text_condition import EncodedPrompts
@@ -119,7 +119,7 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 class TextToImageTeacher(DiscreteVPTeacher):
     """D(x, sigma, prompt index) of a diffusers text-to-image UNet through the discrete-schedule adapter."""
 
-    capabilities = frozenset({DISCRETE, DECODES, TEXT, UNET})
+    capabilities = frozenset({DISCRETE, DECODES, TEXT, UNET, SCHEDULER})
     default_conditional = True
     default_samples = 64
     grid_scale = 1  # sample grids at the decoded size
@@ -147,7 +147,7 @@ class TextToImageTeacher(DiscreteVPTeacher):
         self._spec = spec
         self.identity = identity
         self.schedule = schedule
-        self.scheduler_config = dict(scheduler_config or {})  # diffusers' config: scheduler rows start from it
+        self.pipeline_scheduler_config = dict(scheduler_config or {})  # scheduler rows start from it
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise OdebenchError(f"--height/--width must be multiples of {self.vae_scale_factor}, got {height}x{width}")

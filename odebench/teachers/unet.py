@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, DISCRETE, Guidance
+from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, Guidance
 from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule  # noqa: F401 (re-exported)
 from odebench.teachers.family import PaperGrid, TeacherFamily, register
 
@@ -25,7 +25,7 @@ class UNetClassTeacher(DiscreteVPTeacher):
     """D(x, sigma, label) of a class-conditional UNet2DModel through the discrete-schedule adapter."""
 
     family = "digits"
-    capabilities = frozenset({DISCRETE, DECODES})
+    capabilities = frozenset({DISCRETE, DECODES, SCHEDULER})
     default_conditional = True
     default_samples = 512  # cold default run within ~3 min on 2 CPU cores; FD stderr still reported
 
