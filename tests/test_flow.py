@@ -226,3 +226,61 @@ def test_cli_run_on_the_analytic_flow_teacher(tmp_path):
     assert euler["metrics"]["ode_mse@ref"]["value"] > 1e-6 and r["ref"]["metrics"]["ode_mse@ref"]["value"] == 0
     assert euler["teacher"]["flow"]["t_max"] == 1.0 and "rectified flow" in euler["teacher"]["process"]
     assert euler["student"]["timesteps"][0] == 1000.0 and euler["student"]["kind"] == "solver"
+
+
+def test_cm_and_direct_targets_on_the_flow_teacher_equal_hand_written_ones():
+    """baselines/targets.py on the flow teacher (forward process x_t = (1-t) x0 + t z): CM's target is the student at
+    x_n + (t_{n+1} - t_n) v(x_n, t_n); Direct CM's is Euler in t from t_n to t_N, v from the closed-form Gaussian."""
+    from baselines.targets import cm_target, direct_target
+    from odebench.ode.paper_grid import grid_for
+
+    teacher = gauss_flow()
+    grid = grid_for(teacher, 10)
+    assert float(grid.sigmas[0]) == 1.0 and abs(float(grid.sigmas[-1]) - T_MIN) < 1e-15
+    g = torch.Generator().manual_seed(7)
+    x0, z = MU + S * torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    n = torch.tensor([0, 1, 3, 5, 8, 9])
+    t = grid.sigmas[n]
+    x_n = teacher.add_noise(x0, t, z)
+    torch.testing.assert_close(x_n, (1 - t[:, None]) * x0 + t[:, None] * z)
+
+    def v(x, tt):
+        return (x - exact_x0_hat(x, tt)) / tt
+
+    student = lambda x, idx: x * 0.5 + grid.sigmas[idx][:, None]  # noqa: E731  any function of (x, index)
+    want = torch.stack([student((x_n[i] + (grid.sigmas[n[i] + 1] - t[i]) * v(x_n[i:i + 1], float(t[i])))[0][None],
+                                (n[i:i + 1] + 1))[0] for i in range(6)])
+    torch.testing.assert_close(cm_target(student, teacher, x_n, n, grid, None, "euler"), want, rtol=1e-12, atol=1e-12)
+    direct = []
+    for i in range(6):
+        x = x_n[i:i + 1]
+        for m in range(int(n[i]), grid.n):
+            tt, tn = float(grid.sigmas[m]), float(grid.sigmas[m + 1])
+            x = x + (tn - tt) * v(x, tt)
+        direct.append(x[0])
+    torch.testing.assert_close(direct_target(teacher, x_n, n, grid, None, "euler"), torch.stack(direct), rtol=1e-12, atol=1e-12)
+
+
+def test_trained_flow_student_loads_flag_free_and_renoises_with_the_flow_process(tmp_path):
+    """`odebench train cm --teacher gmm-flow` writes a student whose sidecar names the flow teacher: a run needs no
+    other flag, and its 2-step sampler re-noises as x_t = (1 - t) x0_hat + t z."""
+    from baselines.distill import DistillConfig
+    from baselines.train import train_student
+    from odebench.ode.grids import karras_sigmas
+    from odebench.students.kinds import declared_ode, load_student
+
+    side = train_student(DistillConfig("cm", steps=3, batch_size=16, checkpoint_every=3), "gmm-flow", tmp_path / "cm",
+                         hidden=16, depth=2)
+    declared = declared_ode([str(side)])
+    teacher = load_teacher(declared.teacher).with_guidance(declared.guidance)
+    assert teacher.has(FLOW_VELOCITY) and teacher.fingerprint() == load_teacher("gmm-flow").fingerprint()
+    student, note = load_student(str(side), teacher, conditional=declared.conditional)
+    assert note is None and student.flow
+    z, noise = bank_noise(4, 3)
+    z, z1 = z[:, :2].contiguous(), noise(1)[:, :2]
+    cond = torch.arange(4) % 8 if declared.conditional else None
+    out = student.sample(z, cond, lambda i: z1, steps=2)
+    levels = karras_sigmas(3, student.sigma_min, 1.0)[:2]
+    first = student(z, float(levels[0]), cond)
+    t1 = float(levels[1])
+    torch.testing.assert_close(out, student((1 - t1) * first + t1 * z1, t1, cond))
