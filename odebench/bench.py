@@ -84,7 +84,7 @@ def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
     teacher_spec, guidance, conditional, origin = config.teacher, None, None, "flag"
     declared = declared_ode(config.students)
     if declared is not None:
-        if teacher_spec is None:
+        if teacher_spec is None and declared.teacher is not None:
             teacher_spec, origin = declared.teacher, declared.source
         guidance, conditional = declared.guidance, declared.conditional
     if teacher_spec is None:
@@ -346,6 +346,7 @@ def score(p: Plan, student, note: str | None, refs: References, s: Sampled, conf
     the family's quality metrics, and the flags."""
     from odebench.metrics.ode_error import ode_error_metrics
     from odebench.metrics.registry import value
+    from odebench.students.kinds import DESCRIPTIVE_KINDS
 
     teacher, ref, n = p.teacher, refs.ref, p.n
     metrics = ode_error_metrics(s.x0, ref.x0, refs.identity)
@@ -380,6 +381,9 @@ def score(p: Plan, student, note: str | None, refs: References, s: Sampled, conf
         flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {refs.floor['ode_mse']:.3g}; tighten the reference (--rtol/--atol)")
     if note:
         flags.append(f"teacher-mismatch: {note}")
+    if student.kind in DESCRIPTIVE_KINDS:
+        flags.append(f"descriptive-ode-error: {student.name} is a {student.kind} student (trained to match the data "
+                     f"distribution, not to solve the teacher's ODE); its ODE error describes it, it does not grade it")
     return Scored(metrics, curve, extras, per_sample, flags, t_curve, t_quality)
 
 

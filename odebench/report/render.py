@@ -66,6 +66,7 @@ def _context(report: Report) -> str:
 def _info_rows(report: Report) -> list[tuple[str, list[str]]]:
     infos = [report.run_info(r) for r in report.runs]
     return [("student", [str(i["student"]) for i in infos]),
+            ("kind", [str(i["kind"]) for i in infos]),
             ("NFE / sample (student)", [fmt(i["student_nfe"]) for i in infos]),
             ("NFE / sample (reference)", [fmt(i["reference_nfe"]) for i in infos]),
             ("reference floor (ode_mse)", [fmt(i["reference_floor"]) for i in infos]),
@@ -92,6 +93,8 @@ def print_report(console, report: Report) -> None:
     console.print(_context(report).replace("`", ""))
     for w in report.warnings:
         console.print(f"[yellow]warning: {w}")
+    for n in report.notes():
+        console.print(f"note: {n}")
     if report.agreements:
         a = Table(title=f"does lower {report.ode_metric} go with better samples?", caption=AGREEMENT_NOTE)
         for c in ("quality metric", "runs", "Spearman", "95% interval", "Kendall", "95% interval", "verdict"):
@@ -119,7 +122,9 @@ def markdown(report: Report, fig_files: dict[str, str], grid_files: dict[str, st
     out = [f"# {_title(report)}", "", _context(report), ""]
     for w in report.warnings:
         out.append(f"> **warning:** {_md_escape(w)}")
-    if report.warnings:
+    for n in report.notes():
+        out.append(f"> **note:** {_md_escape(n)}")
+    if report.warnings or report.notes():
         out.append("")
     out += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, vals in _info_rows(report):
@@ -233,6 +238,7 @@ def html_page(report: Report) -> str:
              f"<style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body>",
              f"<h1>{e(_title(report))}</h1><p>{e(_context(report).replace('`', ''))}</p><p id=image-check></p>"]
     parts += [f"<div class=warn>warning: {e(w)}</div>" for w in report.warnings]
+    parts += [f"<div class=warn>note: {e(n)}</div>" for n in report.notes()]
     parts.append("<table id=metrics><thead><tr><th>metric</th>" + "".join(f"<th>{e(r.name)}</th>" for r in report.runs)
                  + "</tr></thead><tbody>")
     for label, vals in _info_rows(report):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from odebench.students.base import Student
     from odebench.teachers.base import Guidance, Teacher
 
-BUILTIN = ("odebench.students.load", "odebench.students.scheduler", "odebench.students.lcm_sdxl")
+BUILTIN = ("odebench.students.load", "odebench.students.scheduler", "odebench.students.card", "odebench.students.lcm_sdxl")
 ENTRY_POINTS = "odebench.student_kinds"
 STUDENT_KINDS = ("oracle", "solver", "trajectory", "distribution", "hybrid")  # what Student.kind may be
 DESCRIPTIVE_KINDS = ("distribution", "hybrid")  # ODE error is descriptive for these

@@ -137,14 +137,14 @@ def external_kind(spec: str) -> tuple[str, Path] | None:
     return None
 
 
-def _lora_unet(teacher, path: Path):
-    """A copy of the teacher UNet with the LoRA loaded through diffusers' LoRA loader (diffusers,
-    kohya and peft key layouts) of the teacher's pipeline class and fused into its weights."""
+def lora_unet(teacher, path: Path, weight_name: str | None = None, scale: float = 1.0):
+    """(a copy of the teacher UNet with the LoRA fused in at `scale`, the LoRA file): loaded through diffusers'
+    LoRA loader of the teacher's pipeline class (diffusers, kohya and peft key layouts)."""
     import diffusers
 
-    weights = _lora_file(path) if path.is_dir() else path
-    if weights is None:
-        raise OdebenchError(f"{path}: no {' or '.join(LORA_FILES)} found")
+    weights = (path / weight_name if weight_name else _lora_file(path)) if path.is_dir() else path
+    if weights is None or not weights.is_file():
+        raise OdebenchError(f"{path}: no {weight_name or ' or '.join(LORA_FILES)} found")
     if weights.suffix == ".bin":
         raise OdebenchError(f"{weights}: only .safetensors LoRA files are loaded (a .bin file may hold pickled code)")
     unet = copy.deepcopy(teacher.unet)
@@ -168,7 +168,7 @@ def _lora_unet(teacher, path: Path):
         loaded = len(get_peft_model_state_dict(unet, adapter_name="student"))
         if loaded != len(peft_sd):
             raise OdebenchError(f"{weights}: only {loaded} of {len(peft_sd)} LoRA tensors fit the teacher UNet")
-        unet.fuse_lora(lora_scale=1.0)
+        unet.fuse_lora(lora_scale=float(scale))
         unet.unload_lora()
     except OdebenchError:
         raise
@@ -222,7 +222,7 @@ def load_external_student(spec: str, teacher, *, steps: int | None = None, guida
             embed_w = g.imagen_w - 1.0
             guidance = Guidance(g.w, g.form, "zeros" if g.uncond == "null" else g.uncond)
     else:
-        unet, wfile = _lora_unet(teacher, path)
+        unet, wfile = lora_unet(teacher, path)
     if kind == "paper-lora" and guidance is None:
         guidance = Guidance.from_dict(PAPER.trained_for["guidance"])
     if guidance is not None and guidance.uncond == "null":
