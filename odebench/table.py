@@ -76,8 +76,9 @@ def print_run_table(console, outcomes) -> None:
             cells.append(fmt(v["value"], v["stderr"]) if v else "-")
         columns.append((o.name, cells))
     g = first["teacher"]["guidance"]
+    g_text = f"imagen w={g['imagen_w']:g}" if "imagen_w" in g else f"{g['form']} w={g['w']:g}"  # embedded: an input, not CFG
     print_grid(console, f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "
-                        f"guidance imagen w={g['imagen_w']:g}", labels, columns, caption="± is one standard error")
+                        f"guidance {g_text}", labels, columns, caption="± is one standard error")
     for o in outcomes:
         for flag in o.result["flags"]:
             console.print(f"[yellow]flag[/] {o.name}: {flag}")

@@ -44,6 +44,8 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", {}),
     "lcm": ("LCMScheduler", {}),
     "tcd": ("TCDScheduler", {}),
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}),  # flow teachers (odebench.teachers.flow)
+    "flow-heun": ("FlowMatchHeunDiscreteScheduler", {}),
 }
 SPEC_RE = re.compile(r"^(?P<name>[A-Za-z][\w.-]*):(?P<k>[^?]*)(?:\?(?P<query>.*))?$")
 STEP_FIXED = ("self", "model_output", "timestep", "sample", "generator", "return_dict", "variance_noise")
@@ -118,8 +120,9 @@ class SchedulerSpec:
             raise OdebenchError(f"{where}: the step count K must be a positive integer (e.g. {class_name}:4)")
         return cls(class_name, steps, config, timesteps, step_kw)
 
-    def scheduler(self, base_config: dict[str, Any], steps: int | None = None):
-        """A fresh scheduler (they are stateful) with its timesteps set for `steps` (default K)."""
+    def scheduler(self, base_config: dict[str, Any], steps: int | None = None, pipeline_kwargs=None):
+        """A fresh scheduler (they are stateful) with its timesteps set for `steps` (default K); `pipeline_kwargs
+        (sched, k)` adds what the teacher's pipeline passes to set_timesteps (FLUX: sigmas and mu)."""
         from diffusers.utils import logging as dlog
 
         klass = scheduler_class(self.class_name)
@@ -134,7 +137,8 @@ class SchedulerSpec:
             if "timesteps" in kw or "sigmas" in kw:
                 sched.set_timesteps(**kw)
             else:
-                sched.set_timesteps(steps or self.steps, **kw)
+                k = steps or self.steps
+                sched.set_timesteps(k, **{**(pipeline_kwargs(sched, k) if pipeline_kwargs else {}), **kw})
         except OdebenchError:
             raise
         except Exception as e:  # a config the scheduler rejects, a missing optional dependency: one line
@@ -164,13 +168,14 @@ class SchedulerSpec:
 
 
 def run_scheduler(spec: SchedulerSpec, base_config: dict[str, Any], model: Callable, noise: NoiseFn, like: torch.Tensor,
-                  steps: int | None = None) -> torch.Tensor:
+                  steps: int | None = None, pipeline_kwargs=None) -> torch.Tensor:
     """The pipeline's denoising loop: latents = z * init_noise_sigma; for each t: out = model(scale_model_input(
     latents, t), t); latents = step(out, t, latents). z = stream 0 of each sample; returns the last latents."""
-    sched = spec.scheduler(base_config, steps)
-    latents = noise(0).to(like.device, torch.float32) * sched.init_noise_sigma
+    sched = spec.scheduler(base_config, steps, pipeline_kwargs)
+    latents = noise(0).to(like.device, torch.float32) * getattr(sched, "init_noise_sigma", 1.0)
+    scale = getattr(sched, "scale_model_input", None)  # diffusers' FlowMatch schedulers have none (identity)
     for i, t in enumerate(sched.timesteps):
-        out = model(sched.scale_model_input(latents, t), t)
+        out = model(scale(latents, t) if scale is not None else latents, t)
         latents = sched.step(out.to(latents.dtype), t, latents, **spec.step_kwargs(sched, noise, i), return_dict=False)[0]
     return latents.float()
 
@@ -198,19 +203,26 @@ class SchedulerRow(Student):
         self.name = re.sub(r"[?&]", "-", spec.replace(":", "-"))
 
     def nfe(self, steps=None) -> int:
-        return len(self.sched.scheduler(self.teacher.scheduler_config(), steps).timesteps)
+        return len(self.scheduler(steps).timesteps)
+
+    def scheduler(self, steps=None):
+        return self.sched.scheduler(self.teacher.scheduler_config(), steps, self.teacher.set_timesteps_kwargs)
 
     @torch.no_grad()
     def sample(self, x_start, cond, noise: NoiseFn, steps=None):
         return run_scheduler(self.sched, self.teacher.scheduler_config(),
-                             lambda x_in, t: self.teacher.model_output(x_in, t, cond), noise, x_start, steps)
+                             lambda x_in, t: self.teacher.model_output(x_in, t, cond), noise, x_start, steps,
+                             self.teacher.set_timesteps_kwargs)
 
     def __call__(self, x, sigma, cond):
         raise OdebenchError(f"{self.spec}: a scheduler row has no consistency function f(x, sigma)")
 
     def describe(self) -> dict[str, Any]:
-        timesteps = self.sched.scheduler(self.teacher.scheduler_config()).timesteps
+        sched = self.scheduler()
+        timesteps = sched.timesteps
+        extra = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in self.teacher.set_timesteps_kwargs(sched, self.steps).items()}
         return {**super().describe(), "scheduler": self.sched.describe(), "timesteps": [float(t) for t in timesteps],
+                "pipeline_set_timesteps": extra,
                 "base_config": "the teacher's scheduler config"}
 
 

@@ -16,7 +16,7 @@ import torch
 
 from odebench.errors import OdebenchError
 
-GUIDANCE_FORMS = ("imagen", "lcm")
+GUIDANCE_FORMS = ("imagen", "lcm", "embedded")
 
 # Optional protocols a teacher class declares in `capabilities` (never probed with hasattr):
 TEXT = "text-conditioned"  # set_prompts(prompts); conditions are prompt indices; condition_inputs(cond, batch)
@@ -24,6 +24,9 @@ DECODES = "decodes"  # decode(x) -> uint8 RGB images; grid_count / grid_scale fo
 DISCRETE = "discrete-schedule"  # a trained table of T noise levels: sigmas, num_timesteps, sigma_to_t, model_output
 UNET = "unet"  # a diffusers UNet2DConditionModel (`unet`, `run_unet`) that students may copy and LoRA
 SCHEDULER = "diffusers-scheduler"  # scheduler_config(), check_scheduler(cls), model_output(sample, t, cond): diffusers' schedulers drive it
+FLOW_VELOCITY = "flow-velocity"  # a rectified-flow teacher's velocity view (odebench.teachers.flow.FlowModel):
+#   model_output(x_t, timestep, cond) -> guided v; scheduler_config; set_timesteps_kwargs(scheduler, k)
+TRANSFORMER = "transformer"  # a diffusers flow transformer (`transformer`, `run_transformer`) students may copy and LoRA
 
 
 class ForwardProcess:
@@ -43,6 +46,10 @@ class ForwardProcess:
     def init_scale(self, sigma_max: float) -> float:
         """x(sigma_max) = init_scale * z: EDM's sigma_max z for a VE teacher."""
         return sigma_max
+
+    def add_noise(self, x0: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The forward process at per-item noise levels sigma (B,) in the teacher's coordinates: x0 + sigma z."""
+        return x0 + sigma.to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1)) * z
 
     def to_native(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         return x * self._view(self.alpha(torch.as_tensor(sigma, dtype=torch.float64)), x)
@@ -75,16 +82,51 @@ class VPProcess(ForwardProcess):
         return "VP: x_vp = sqrt(abar) x0 + sqrt(1 - abar) z = x / sqrt(1 + sigma^2)"
 
 
+class FlowProcess(ForwardProcess):
+    """Rectified flow (SD3, FLUX.1, SANA; diffusers' FlowMatchEulerDiscreteScheduler): x_t = (1 - t) x0 + t z.
+
+    A flow teacher's ODE coordinates are the latent x_t itself and the noise level t ("sigma" in the
+    Teacher interface is t, so sigma_max = 1 is pure noise exactly, x_1 = z). Its PF-ODE is
+    dx_t/dt = v = (x_t - D)/t with D = x_t - t v the x0 estimate: EDM's form dx/dsigma = (x - D)/sigma
+    with (x, sigma) := (x_t, t), since with v = z - x0 the forward process gives x_t - x0 = t v. So the
+    reference solver, the step table (Euler = FlowMatchEuler = DDIM, Heun = FlowMatchHeun) and the grids
+    run on it unchanged, and the start t = 1 is finite. In EDM's VE terms sigma_EDM = t/(1 - t) and
+    x_VE = x_t/(1 - t) (t = 1 is sigma_EDM = infinity); the endpoint x0 is the same in every coordinate."""
+
+    name = "flow"
+
+    def init_scale(self, t_max):
+        """x_1 = z: the pure-noise start at t = 1 (t_max is 1 for every flow teacher)."""
+        return float(t_max)
+
+    def add_noise(self, x0, t, z):
+        """x_t = (1 - t) x0 + t z (diffusers' FlowMatchEulerDiscreteScheduler.scale_noise)."""
+        tb = t.to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1))
+        return (1 - tb) * x0 + tb * z
+
+    @staticmethod
+    def edm_sigma(t):
+        """EDM's noise level of flow time t: sigma = t/(1 - t) (infinite at t = 1)."""
+        return t / (1 - t)
+
+    def describe(self):
+        return "rectified flow: x_t = (1 - t) x0 + t z, v = z - x0; the teacher's noise level is t (EDM sigma = t/(1 - t))"
+
+
 VE = ForwardProcess()
 VP = VPProcess()
+FLOW = FlowProcess()
+PROCESSES = {"ve": VE, "vp": VP, "flow": FLOW}
 
 
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance weight in a named form.
 
-    imagen: D = D_u + w (D_c - D_u)   (the paper's w = 9)
-    lcm:    D = D_c + w (D_c - D_u)   (= imagen with w + 1)
+    imagen:   D = D_u + w (D_c - D_u)   (the paper's w = 9)
+    lcm:      D = D_c + w (D_c - D_u)   (= imagen with w + 1)
+    embedded: D = D_c(x, sigma; g = w)  (not CFG: a guidance-distilled network, e.g. FLUX.1-dev, takes the
+              weight as an input; one branch, one pass, and each w is its own ODE; `uncond` is "none")
     `uncond` names the unconditional branch: "null" (null class / full mixture), "zeros" (zero
     text embeddings, the paper) or "empty-prompt".
     """
@@ -100,26 +142,41 @@ class Guidance:
             raise OdebenchError(f"guidance weight must be finite, got {self.w}")
 
     @property
+    def embedded(self) -> bool:
+        """The weight is an input of the network (guidance distillation), not a combination of two branches."""
+        return self.form == "embedded"
+
+    @property
     def imagen_w(self) -> float:
-        """The weight in the imagen form, the canonical one used for comparisons and cache keys."""
-        return self.w if self.form == "imagen" else self.w + 1.0
+        """The weight in the imagen form, the canonical one used for comparisons and cache keys (an
+        embedded weight is its own: it never combines branches)."""
+        return self.w + 1.0 if self.form == "lcm" else self.w
 
     @property
     def needs_uncond(self) -> bool:
-        return self.imagen_w != 1.0
+        return not self.embedded and self.imagen_w != 1.0
 
     @property
     def needs_cond(self) -> bool:
-        return self.imagen_w != 0.0
+        return self.embedded or self.imagen_w != 0.0
 
     def combine(self, d_uncond: torch.Tensor, d_cond: torch.Tensor) -> torch.Tensor:
         """D_u + w_imagen (D_c - D_u)."""
         return d_uncond + self.imagen_w * (d_cond - d_uncond)
 
     def same_ode(self, other: "Guidance") -> bool:
-        return self.imagen_w == other.imagen_w and self.uncond == other.uncond
+        return self.embedded == other.embedded and self.imagen_w == other.imagen_w and self.uncond == other.uncond
+
+    def identity(self) -> dict[str, Any]:
+        """The canonical description of the guided ODE (cache keys): lcm w and imagen w + 1 are the same ODE."""
+        ident: dict[str, Any] = {"imagen_w": self.imagen_w, "uncond": self.uncond}
+        if self.embedded:  # absent otherwise, so existing cache keys stay valid
+            ident = {"embedded_w": self.w, "uncond": self.uncond}
+        return ident
 
     def to_dict(self) -> dict[str, Any]:
+        if self.embedded:
+            return {"w": self.w, "form": self.form, "uncond": self.uncond}
         return {"w": self.w, "form": self.form, "uncond": self.uncond, "imagen_w": self.imagen_w}
 
     @classmethod
@@ -130,6 +187,8 @@ class Guidance:
             raise OdebenchError(f"malformed guidance {d!r}: {e}") from None
 
     def describe(self) -> str:
+        if self.embedded:
+            return f"embedded guidance g={self.w:g} (a network input, not CFG: one branch)"
         return f"w={self.w:g} ({self.form}; imagen w={self.imagen_w:g}, uncond={self.uncond})"
 
 
@@ -207,13 +266,19 @@ class Teacher(ABC):
         return z * self.init_noise_scale()
 
     def add_noise(self, x0: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma z for per-item noise levels sigma (B,): the forward process in VE coordinates."""
-        return x0 + sigma.to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1)) * z
+        """The forward process at per-item noise levels sigma (B,) in the teacher's coordinates: x = x0 + sigma z
+        (VE coordinates, VE and VP teachers); x_t = (1 - t) x0 + t z for flow teachers."""
+        return self.process.add_noise(x0, sigma, z)
 
     def renoise(self, x0: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
         """A multistep sampler's jump back to noise level sigma from an x0 estimate (LCMScheduler's
         sqrt(abar) x0 + sqrt(1 - abar) z in VP terms is this in VE coordinates)."""
-        return x0 + sigma * z
+        return self.process.add_noise(x0, torch.full((x0.shape[0],), float(sigma), dtype=torch.float64), z)
+
+    def set_timesteps_kwargs(self, scheduler, k: int) -> dict[str, Any]:
+        """SCHEDULER teachers: what this teacher's pipeline passes to `scheduler.set_timesteps(k, ...)` besides k
+        (none for the UNet pipelines; FLUX's sigmas and dynamic-shift mu, odebench.teachers.flow_pipelines)."""
+        return {}
 
     # -- the guided denoiser ---------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,7 +315,7 @@ class Teacher(ABC):
             "teacher": self.name,
             "fingerprint": self.fingerprint(),
             # canonical: lcm w and imagen w+1 are the same ODE and share cache entries
-            "guidance": {"imagen_w": self.guidance.imagen_w, "uncond": self.guidance.uncond},
+            "guidance": self.guidance.identity(),
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
             "init_noise_scale": self.init_noise_scale(),

@@ -17,7 +17,8 @@ from odebench.errors import OdebenchError
 if TYPE_CHECKING:
     from odebench.teachers.base import Teacher
 
-BUILTIN = ("odebench.teachers.gmm", "odebench.teachers.unet", "odebench.teachers.sdxl", "odebench.teachers.sd")
+BUILTIN = ("odebench.teachers.gmm", "odebench.teachers.unet", "odebench.teachers.sdxl", "odebench.teachers.sd",
+           "odebench.teachers.flow_pipelines")
 ENTRY_POINTS = "odebench.teacher_families"
 
 

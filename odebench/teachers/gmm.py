@@ -3,12 +3,18 @@
 With one component the PF-ODE has the closed-form flow
 x(sigma) = mu + (x(sigma_0) - mu) sqrt(s^2 + sigma^2)/sqrt(s^2 + sigma_0^2), which the tests
 use to check the reference solver.
+
+Under the rectified-flow process (`"process": "flow"`, presets gmm-flow / gmm64-flow) the same mixture
+is an exact flow teacher: the state is x_t = (1 - t) x0 + t z, the noise level is t in [t_min, 1]
+(odebench.teachers.base.FlowProcess) and D(x_t, t) = E[x0 | x_t] exactly, so v = (x_t - D)/t is the
+exact velocity; one component has the closed-form flow
+x_t = (1 - t) mu + (x_t0 - (1 - t0) mu) sqrt((1 - t)^2 s^2 + t^2)/sqrt((1 - t0)^2 s^2 + t0^2),
+from x_1 = z at t = 1: pure noise exactly.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +23,15 @@ import torch
 from odebench.errors import OdebenchError
 from odebench.mixture import GaussianMixture
 from odebench.schema import Arr, Bool, Int, Num, Obj, OneOf, Opt, Str, validate
-from odebench.teachers.base import Teacher
+from odebench.teachers.base import FLOW, FLOW_VELOCITY, SCHEDULER, VE, Teacher
 from odebench.teachers.family import TeacherFamily, register
+from odebench.teachers.flow import FlowModel
 
 DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 80.0
+DEFAULT_T_MIN = 0.002  # a flow teacher's t_min (its "sigma_min"; EDM sigma 0.002004)
+PROCESSES = {"ve": VE, "flow": FLOW}  # the forward processes a mixture teacher can be seen under
+FLOW_ROWS = ("flow-euler:1", "flow-euler:2", "flow-euler:4", "flow-euler:16", "flow-heun:8", "ref")
 
 
 class GMMTeacher(Teacher):
@@ -31,8 +41,14 @@ class GMMTeacher(Teacher):
     default_dtype = torch.float64  # small domain: integrate in float64 (DESIGN section 8)
 
     def __init__(self, means, stds, weights=None, classes=None, sigma_min: float = DEFAULT_SIGMA_MIN,
-                 sigma_max: float = DEFAULT_SIGMA_MAX, name: str = "gmm", conditional: bool = False) -> None:
+                 sigma_max: float = DEFAULT_SIGMA_MAX, name: str = "gmm", conditional: bool = False,
+                 process: str = "ve") -> None:
         super().__init__()
+        if process not in PROCESSES:
+            raise OdebenchError(f"unknown process {process!r}: expected {' or '.join(PROCESSES)}")
+        self.process = PROCESSES[process]
+        if process == "flow" and sigma_max != 1.0:
+            raise OdebenchError(f"a flow teacher's noise level is t in (0, 1]: sigma_max must be 1, got {sigma_max}")
         means = torch.as_tensor(means, dtype=torch.float64)
         k, d = means.shape
         stds = torch.as_tensor(stds, dtype=torch.float64)
@@ -59,10 +75,12 @@ class GMMTeacher(Teacher):
         return self.classes.to(cond.device)[None, :] == cond[:, None]
 
     def _denoise(self, x, sigma, cond):
+        if self.process is FLOW:  # sigma is flow time t here
+            return self.mixture.flow_posterior_mean(x, sigma, self.class_mask(cond))
         return self.mixture.posterior_mean(x, sigma, self.class_mask(cond))
 
     def log_prob(self, x: torch.Tensor, sigma=0.0, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """log p_sigma(x | cond), exact (unguided)."""
+        """log p_sigma(x | cond), exact (unguided), of the VE process (at sigma = 0: the data density, any process)."""
         return self.mixture.log_prob(x, sigma, self.class_mask(cond))
 
     @property
@@ -70,9 +88,16 @@ class GMMTeacher(Teacher):
         return float(self.mixture.total_variance().mean().sqrt())
 
     # -- identity ----------------------------------------------------------------------------
+    def ode_identity(self):
+        ident = super().ode_identity()
+        if self.process is FLOW:  # absent for VE, so existing cache keys stay valid
+            ident["process"] = self.process.describe()
+        return ident
+
     def spec(self) -> dict[str, Any]:
         m = self.mixture
-        return {
+        extra = {"process": self.process.name} if self.process is FLOW else {}  # VE specs (and fingerprints) unchanged
+        return {**extra, 
             "kind": "gmm",
             "name": self.name,
             "means": m.means.tolist(),
@@ -94,6 +119,19 @@ class GMMTeacher(Teacher):
         return self._fingerprint
 
 
+class GMMFlowTeacher(FlowModel, GMMTeacher):
+    """The mixture under the rectified-flow process: D(x_t, t) = E[x0 | x_t] exactly, v = (x_t - D)/t
+    exactly, and the velocity view diffusers' flow schedulers sample with (odebench.teachers.flow)."""
+
+    capabilities = frozenset({FLOW_VELOCITY, SCHEDULER})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "process": "flow"})
+
+    def describe(self):
+        return {**super().describe(), "flow": self.flow_identity(), "grid": self.grid_identity()}
+
+
 # Means, stds and noise levels are bounded so that squared distances stay far from float overflow
 # (a mean of 1e300 is a finite JSON number whose square is inf; weights of 1e308 sum to inf).
 BOUND = 1e8
@@ -108,11 +146,13 @@ GMM_SCHEMA = Obj({
     "sigma_min": _POSITIVE,
     "sigma_max": _POSITIVE,
     "conditional": Bool(),
+    "process": Str(tuple(PROCESSES)),
 }, required=("kind", "means", "stds"), extra=False)
 
 
 def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
-    """Validate a `{"kind": "gmm", ...}` definition (GMM_SCHEMA, then shapes) and build the teacher; one-line errors."""
+    """Validate a `{"kind": "gmm", ...}` definition (GMM_SCHEMA, then shapes) and build the teacher under its
+    forward process (VE by default, or the rectified flow); one-line errors."""
     if not isinstance(spec, dict):
         raise OdebenchError(f"{source}: a teacher definition must be a JSON object")
     if spec.get("kind") != "gmm":
@@ -142,12 +182,16 @@ def gmm_from_spec(spec: dict[str, Any], source: str) -> GMMTeacher:
         missing = sorted(set(range(int(classes_t.max()) + 1)) - set(classes))
         if missing:
             raise OdebenchError(f"{source}: 'classes' must number classes 0..C-1 without gaps (missing {missing})")
-    sigma_min = float(spec.get("sigma_min", DEFAULT_SIGMA_MIN))
-    sigma_max = float(spec.get("sigma_max", DEFAULT_SIGMA_MAX))
+    flow = spec.get("process", "ve") == "flow"
+    sigma_min = float(spec.get("sigma_min", DEFAULT_T_MIN if flow else DEFAULT_SIGMA_MIN))
+    sigma_max = float(spec.get("sigma_max", 1.0 if flow else DEFAULT_SIGMA_MAX))
     if not sigma_min < sigma_max:
         raise OdebenchError(f"{source}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
-    return GMMTeacher(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
-                      name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
+    if flow and sigma_max != 1.0:
+        raise OdebenchError(f"{source}: a flow teacher's noise level is t, pure noise at t = 1: 'sigma_max' must be 1, got {sigma_max}")
+    cls = GMMFlowTeacher if flow else GMMTeacher
+    return cls(means_t, stds_t, weights_t, classes_t, sigma_min, sigma_max,
+               name=str(spec.get("name", "gmm")), conditional=bool(spec.get("conditional", False)))
 
 
 def preset_spec(name: str) -> dict[str, Any]:
@@ -165,6 +209,8 @@ class GMMFamily(TeacherFamily):
     presets = {
         "gmm": "2-D ring of 8 isotropic Gaussians (one class each), exact score",
         "gmm64": "64-D mixture of 16 diagonal Gaussians in 4 classes, exact score",
+        "gmm-flow": "the gmm ring under the rectified-flow process x_t = (1 - t) x0 + t z, exact velocity",
+        "gmm64-flow": "the gmm64 mixture under the rectified-flow process, exact velocity",
     }
 
     def matches(self, spec) -> bool:
@@ -192,6 +238,11 @@ class GMMFamily(TeacherFamily):
         if isinstance(data, dict) and "name" not in data:
             data = {**data, "name": path.stem}  # a file's teacher is not the "gmm" preset
         return gmm_from_spec(data, str(path))
+
+    def rows(self, teacher):
+        if teacher.has(FLOW_VELOCITY):
+            return FLOW_ROWS
+        return self.default_rows
 
     def quality(self, teacher, conditions, seed, n, selection="auto", weights=None, device=None, fd_bootstrap=10):
         from odebench.quality import MixtureQuality
