@@ -159,10 +159,12 @@ def _run_names(config: RunConfig, students) -> list[str]:
 
 
 def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, advance, steps=None,
-                    dist=None) -> torch.Tensor | None:
+                    dist=None, cache=None) -> torch.Tensor | None:
     """Samples of indices [0, n) in batches [lo, lo + batch_size); sharded over ranks by whole batches
-    (so each batch is the single-process one) and gathered on rank 0 (None on other ranks)."""
+    (so each batch is the single-process one) and gathered on rank 0 (None on other ranks). Students
+    with a `cache_identity` (the solver rows: deterministic functions of the teacher) are memoized."""
     from odebench.distributed import Single
+    from odebench.ode.cache import memoized
     from odebench.ode.trajectories import initial_state
 
     def shard(indices: range) -> torch.Tensor:
@@ -170,7 +172,14 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
         for lo in range(indices.start, indices.stop, batch_size):
             idx = range(lo, min(lo + batch_size, indices.stop))
             x_start = initial_state(teacher, noise, idx, dtype)
-            outs.append(student.sample(x_start, conditions.tensor(idx), lambda s, idx=idx: noise.draw(idx, s, dtype), steps))
+            cond = conditions.tensor(idx)
+            compute = lambda x_start=x_start, cond=cond, idx=idx: student.sample(  # noqa: E731
+                x_start, cond, lambda s: noise.draw(idx, s, dtype), steps)
+            if cache is not None and hasattr(student, "cache_identity"):
+                outs.append(memoized(cache, {**student.cache_identity(steps), "cond": conditions.key(idx)},
+                                     {"x": x_start}, compute))
+            else:
+                outs.append(compute())
             advance(len(idx))
         return torch.cat(outs)
 
@@ -178,14 +187,23 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
     return torch.cat(parts) if parts is not None else None
 
 
-def _curve(student, ref, conditions, m: int) -> dict | None:
+def _curve(student, ref, conditions, m: int, cache=None) -> dict | None:
     from odebench.metrics.ode_error import error_curve
+    from odebench.ode.cache import memoized
 
     m = min(m, ref.traj.shape[1]) if ref.curve_sigmas.numel() else 0
     if m == 0:
         return None
     cond = conditions.tensor(range(m))
-    outs = [student(ref.traj[j, :m], float(s), cond) for j, s in enumerate(ref.curve_sigmas)]
+
+    def at(j: int, s: float) -> torch.Tensor:
+        x = ref.traj[j, :m]
+        if cache is None or not hasattr(student, "cache_identity"):
+            return student(x, s, cond)
+        return memoized(cache, {**student.cache_identity(), "call": "consistency", "sigma": s, "cond": conditions.key(range(m))},
+                        {"x": x}, lambda: student(x, s, cond))
+
+    outs = [at(j, float(s)) for j, s in enumerate(ref.curve_sigmas)]
     return error_curve(outs, ref.x0[:m], ref.curve_sigmas)
 
 
@@ -200,7 +218,9 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     from odebench.metrics.stats import mean_stderr
     from odebench.ode.cache import TrajectoryCache
     from odebench.ode.grids import karras_sigmas
+    from odebench.ode.floor import reference_floor
     from odebench.ode.noise import NoiseBank
+    from odebench.ode.precision import effective_spec
     from odebench.ode.reference import DTYPE
     from odebench.ode.trajectories import merge_reference_sets, reference_set
     from odebench.quality import quality_for
@@ -233,6 +253,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     # built before any solving (rank 0 scores): an explicitly requested metric without weights fails at once
     quality = dist.check(lambda: quality_for(teacher, conditions, config.seed, n, config.metrics, config.metric_weights,
                                              getattr(teacher, "device", None), config.fd_bootstrap) if dist.is_main else None)
+    # tolerances no tighter than the drift's measured precision allows (odebench.ode.precision)
+    spec, drift_delta, tolerance_note = effective_spec(teacher, spec, noise, conditions, cache)
     # each stage runs on this rank's whole reference chunks / batches; ranks > 0 get None back
     merged = lambda parts, merge: merge(parts) if parts is not None else None  # noqa: E731
     with progress.task("reference ODE", len(dist.shard(n, spec.batch))) as advance:
@@ -242,16 +264,13 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     m_floor = min(config.floor_samples, n)
     floor = None
     if m_floor:
-        with progress.task(f"reference floor ({spec.tighter().rtol:g})", len(dist.shard(m_floor, spec.batch))) as advance:
-            tight = merged(dist.run(lambda idx: reference_set(teacher, spec.tighter(), noise, conditions, len(idx), cache,
-                                                              torch.empty(0, dtype=torch.float64), start=idx.start,
-                                                              progress=advance), m_floor, spec.batch),
-                           merge_reference_sets)
-    if m_floor and dist.is_main:
-        f_val, f_err = mean_stderr(per_sample_se(ref.x0[:m_floor], tight.x0)) if m_floor > 1 else (float(per_sample_se(ref.x0[:1], tight.x0)[0]), float("nan"))
-        floor = {"ode_mse": f_val, "stderr": None if math.isnan(f_err) else f_err, "n": m_floor,
-                 "tight_solver": tight.spec.to_dict(), "tight_nfe_per_sample": tight.nfe_per_sample,
-                 "definition": "MSE per element between the reference and a 10x tighter re-solve of the first n samples"}
+        def floor_solve(t, s, m, label):
+            with progress.task(f"reference floor: {label} ({s.rtol:g})", len(dist.shard(m, s.batch))) as advance:
+                part = merged(dist.run(lambda idx: reference_set(t, s, noise, conditions, len(idx), cache, torch.empty(0, dtype=torch.float64),
+                                                                 start=idx.start, progress=advance), m, s.batch), merge_reference_sets)
+            return None if part is None else (part.x0, part.nfe_per_sample)
+
+        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve)
 
     ddim100 = None
     if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
@@ -265,7 +284,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         if ddim100_info is not None:
             ddim100_info["unet_timesteps"] = ddim_timesteps
 
-    ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
+    network = f"; network {teacher.network_dtype}" if teacher.network_dtype else ""
+    ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}{network}; guidance {teacher.guidance.describe()}"
     outcomes = []
     for (student, note), name in zip(loaded, names):
         t0 = time.perf_counter()
@@ -274,13 +294,14 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             x0, student_nfe = (ref.x0, ref.nfe_per_sample) if dist.is_main else (None, None)
         else:
             with progress.task(f"{student.name} samples", len(dist.shard(n, config.batch_size))) as advance:
-                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance, dist=dist)
+                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance, dist=dist,
+                                     cache=cache)
             student_nfe = student.nfe()
         t_sample = time.perf_counter() - t0
         sample_passes = dist.sum(teacher.counter.since(before).passes)
         # k-step samples are sampled by every rank; everything after them is rank 0's alone
         xks = {k: _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, lambda k_=1: None,
-                                  steps=k, dist=dist)
+                                  steps=k, dist=dist, cache=cache)
                for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
         if not dist.is_main:
             continue
@@ -296,7 +317,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             metrics.update({k_: v for k_, v in kstep[k].items() if k_.startswith("ode_mse")})
         t1 = time.perf_counter()
         # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
-        curve = None if getattr(student, "is_reference", False) else _curve(student, ref, conditions, min(config.curve_samples, n))
+        curve = None if getattr(student, "is_reference", False) else _curve(student, ref, conditions, min(config.curve_samples, n), cache)
         if curve is not None:
             metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
                                                       None, ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
@@ -313,7 +334,11 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
         flags = []
         mse = metrics["ode_mse@ref"].value
         if floor is not None and not getattr(student, "is_reference", False) and mse < FLOOR_FACTOR * floor["ode_mse"]:
-            flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {floor['ode_mse']:.3g}; tighten the reference (--rtol/--atol)")
+            flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {floor['ode_mse']:.3g} "
+                         f"(solver {floor['parts']['solver']['ode_mse']:.2g} + precision {floor['parts']['precision']['ode_mse']:.2g}); "
+                         "tighten the reference (--rtol/--atol) or raise the network precision (--dtype)")
+        if tolerance_note:
+            flags.append(f"reference-tolerance-raised: {tolerance_note}")
         if note:
             flags.append(f"teacher-mismatch: {note}")
         result = {
@@ -327,6 +352,8 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
             "samples": n,
             "seeds": {**noise.describe(), "exact_samples": "stream_seed(seed, -1, 0)"},
             "reference": {"solver": spec.to_dict(), "description": spec.describe(), "floor": floor,
+                          "requested_solver": config.solver.to_dict(), "drift_precision": drift_delta,
+                          "network_dtype": teacher.network_dtype,
                           "ddim100": ddim100_info if ddim100 is not None else None,
                           "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
             "nfe": {"student_per_sample": student_nfe, "student_teacher_passes": sample_passes,

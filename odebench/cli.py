@@ -72,7 +72,8 @@ def run(
     rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
     atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
     time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
-    dtype: Optional[str] = typer.Option(None, help="float32 | float64: reference state dtype (default: the teacher's); fp16 | bf16 | fp32: SDXL UNet weights (the ODE state stays float32)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16: the precision of the teacher's network (digits, SDXL; default fp32). Part of the reference's cache key; the reference floor reports what it costs in accuracy."),
+    state_dtype: Optional[str] = typer.Option(None, "--state-dtype", help="float32 | float64: the reference ODE state's dtype (default: the teacher's: float64 analytic, float32 network)."),
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
@@ -110,12 +111,21 @@ def run(
     if uncond and conditional:
         raise OdebenchError("--uncond and --conditional exclude each other")
     g = Guidance(guidance, guidance_form) if guidance is not None else None
-    model_dtype = dtype if dtype in ("fp16", "bf16", "fp32") else None
+    if dtype in ("float32", "float64"):  # before v0.2 --dtype was the state dtype
+        if state_dtype is not None:
+            raise OdebenchError(f"--dtype {dtype} is the old spelling of --state-dtype; give --state-dtype only")
+        print(f"warning: --dtype {dtype} is deprecated for the ODE state: use --state-dtype {dtype} "
+              "(--dtype now sets the network's precision: fp32 | bf16 | fp16)", file=sys.stderr)
+        state_dtype, dtype = dtype, None
+    if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
+        raise OdebenchError(f"unknown --dtype {dtype!r}: the network's precision is fp32, bf16 or fp16 "
+                            "(the ODE state's is --state-dtype float32|float64)")
+    model_dtype = dtype
     teacher_options = {k: v for k, v in {"dtype": model_dtype, "device": device, "vae": vae, "height": height, "width": width,
                                          "uncond": uncond_embeddings}.items() if v is not None}
     weights = {k: v for k, v in {"fid": fid_weights, "dinov2": dinov2_weights, "clip": clip_weights, "clip_arch": clip_arch,
                                  "aesthetic": aesthetic_weights}.items() if v is not None}
-    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=None if model_dtype else dtype,
+    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=state_dtype,
                       batch=ref_batch, options=parse_solver_options(solver_option or []))
     config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
                        conditional=False if uncond else (True if conditional else None), solver=spec,

@@ -8,7 +8,7 @@ from typing import Any
 from odebench.errors import OdebenchError
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
-TIME_VARIABLES = ("log-sigma", "sigma")
+TIME_VARIABLES = ("lambda", "log-sigma", "sigma")  # odebench.ode.pfode
 DTYPES = ("float32", "float64")
 # torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
 SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import Guidance, Teacher
+from odebench.teachers.base import Guidance, Teacher, check_network_dtype
 
 PRESETS = {
     "digits": "class-conditional 8x8 pixel UNet (diffusers), eps-prediction on SD's discrete VP schedule, trained here on sklearn digits",
@@ -25,20 +25,24 @@ def _preset_spec(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | None = None, **sdxl_options) -> Teacher:
+def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | None = None, dtype: str | None = None,
+                 **sdxl_options) -> Teacher:
     """A teacher from a preset name, a JSON file path, or an inline definition (as in sidecars);
     `sdxl`, an SDXL diffusers folder or hub id load through odebench.teachers.sdxl with `sdxl_options`
-    (vae, dtype, device, height, width, uncond)."""
+    (vae, device, height, width, uncond). `dtype` (fp32 | bf16 | fp16) is the precision of a network
+    teacher's network (an error for analytic teachers); the ODE state dtype is the SolverSpec's."""
     from odebench.teachers.gmm import gmm_from_spec
     from odebench.teachers.sdxl import is_sdxl_spec
 
     if spec is None:
         spec = DEFAULT_TEACHER
     sdxl_options = {k: v for k, v in sdxl_options.items() if v is not None}
+    if dtype is not None:
+        check_network_dtype(dtype)
     if is_sdxl_spec(spec):
         from odebench.teachers.sdxl import load_sdxl_teacher
 
-        teacher = load_sdxl_teacher(str(spec), **sdxl_options)
+        teacher = load_sdxl_teacher(str(spec), **sdxl_options, **({"dtype": dtype} if dtype is not None else {}))
         return teacher.with_guidance(guidance) if guidance is not None else teacher
     if sdxl_options:
         raise OdebenchError(f"{', '.join('--' + k for k in sdxl_options)} apply to SDXL teachers only, not {spec!r}")
@@ -63,6 +67,8 @@ def load_teacher(spec: str | dict | Path | None = None, guidance: Guidance | Non
         if isinstance(data, dict) and "name" not in data:
             data = {**data, "name": path.stem}  # a file's teacher is not the "gmm" preset
         teacher = gmm_from_spec(data, str(path))
+    if dtype is not None:
+        teacher = teacher.with_network_dtype(dtype)
     if guidance is not None:
         teacher = teacher.with_guidance(guidance)
     return teacher

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import Guidance
+from odebench.teachers.base import Guidance, check_network_dtype, network_dtype_name
 from odebench.teachers.discrete import DiscreteVPTeacher
 from odebench.teachers.text_condition import EncodedPrompts
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
-MODEL_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MODEL_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # the --dtype choices
 UNCOND_MODES = {"zeros": "zeros", "empty": "empty-prompt", "empty-prompt": "empty-prompt"}
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                  "model.fp16.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
@@ -175,9 +175,20 @@ class SDXLTeacher(DiscreteVPTeacher):
                            "prediction": self.prediction, "add_time_ids": self.add_time_ids().tolist()}, sort_keys=True)
         return f"{self.name}-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def ode_identity(self) -> dict[str, Any]:
-        # the UNet's precision changes the numbers (not the ODE a student was trained for): cache keys only
-        return {**super().ode_identity(), "unet_dtype": str(self.unet_dtype).replace("torch.", "")}
+    @property
+    def network_dtype(self) -> str:
+        return network_dtype_name(self.unet_dtype)
+
+    def with_network_dtype(self, dtype: str) -> "SDXLTeacher":
+        """A view whose UNet runs in `dtype`: a cast copy of the loaded UNet (the reference floor's
+        precision part upcasts a fp16/bf16 UNet this way: the same weights in float32 arithmetic)."""
+        torch_dtype = check_network_dtype(dtype)
+        if torch_dtype == self.unet_dtype:
+            return self
+        other = copy.copy(self)
+        # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
+        other.unet = torch.nn.Module.to(copy.deepcopy(self.unet), torch_dtype)
+        return other
 
     def spec(self) -> Any:
         return self._spec
