@@ -51,8 +51,8 @@ def timed_run(root: Path, name: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    ref = json.loads(next(out.glob("*/result.json")).read_text())["reference"]
-    return wall, {"reference_s": ref["seconds"], "floor_s": (ref.get("floor") or {}).get("seconds")}
+    timings = json.loads(next(out.glob("*/result.json")).read_text())["timings"]
+    return wall, {"reference_s": timings["reference_s"], "floor_s": timings.get("floor_s")}
 
 
 def profile_warm(root: Path, out: str) -> None:

@@ -12,8 +12,8 @@ the run's noise bank and labels i mod 10, default guidance):
            solve_reference with dopri8 at rtol = atol = 1e-10 in float64 (cross-checked against
            dopri5 at 1e-10, and on gauss16 against the closed form).
   digits   the embedded UNet teacher; candidates run as a run does (network and state float32),
-           the truth is dopri8 in lambda time at rtol = atol = 1e-7 with network and state in float64
-           (cross-checked against dopri5 at 1e-7: the truth's own error is printed).
+           the truth is dopri8 in lambda time at rtol = atol = 1e-6, network float32, state float64
+           (cross-checked against dopri5 in log-sigma time at 1e-6: the difference is printed).
 Time variables (odebench.ode.pfode): log-sigma (x against log sigma) and lambda (y = x/sigma against
 lambda = 1/sigma, the data-prediction exponential integrator: DDIM is Euler there). Engines: torchdiffeq
 with one step size per batch, and (if importable) torchode with a step size per sample.
@@ -46,8 +46,8 @@ GRID = (("dopri5", "log-sigma", (1e-3, 1e-4, 1e-5, 1e-6)), ("dopri5", "lambda", 
 PER_SAMPLE = (("dopri5", "lambda", (1e-4, 1e-5)),)  # torchode, a step size per sample
 DDIM_STEPS = (100, 1000)
 TRUTH_SPEC = SolverSpec(method="dopri8", rtol=1e-10, atol=1e-10, time="log-sigma", dtype="float64")
-DIGITS_TRUTH = SolverSpec(method="dopri8", rtol=1e-7, atol=1e-7, time="lambda", dtype="float64")
-DIGITS_CHECK = SolverSpec(method="dopri5", rtol=1e-7, atol=1e-7, time="lambda", dtype="float64")
+DIGITS_TRUTH = SolverSpec(method="dopri8", rtol=1e-6, atol=1e-6, time="lambda", dtype="float64")
+DIGITS_CHECK = SolverSpec(method="dopri5", rtol=1e-6, atol=1e-6, time="log-sigma", dtype="float64")
 GAUSS_MEAN = [1.0, -2.0, 0.5, 1.5, -0.5, 0.0, 2.0, -1.0, 0.25, -1.5, 0.75, 1.25, -0.25, -2.5, 1.75, -0.75]
 GAUSS_STD = 0.3
 # Goals for the default reference setting (issue 12): <= 1e-4 relative error at <= 100 NFE per sample.
@@ -125,14 +125,17 @@ def digits_start(teacher: Teacher, samples: int, seed: int, dtype: torch.dtype) 
 
 
 def digits_truth(samples: int, seed: int, truth_file: str | None = None) -> tuple[torch.Tensor, dict]:
-    """Converged endpoints of the digits teacher: network and state float64, DIGITS_TRUTH (and its check)."""
+    """Converged endpoints of the digits teacher: network float32, state float64, DIGITS_TRUTH, and the
+    relative difference to DIGITS_CHECK (another method in other variables). Tighter is not cheaper to
+    trust: the network sees sigma through a piecewise-linear timestep map (1000 knots), whose kinks need
+    steps below the knot spacing at tolerances under ~1e-7; a float64 network costs ~4x per evaluation."""
     import os
 
     if truth_file and os.path.exists(truth_file):
         saved = torch.load(truth_file, weights_only=True)
         if saved["samples"] == samples and saved["seed"] == seed:
             return saved["truth"], {"check": float(saved["check"]), "nfe": int(saved["nfe"]), "check_nfe": int(saved["check_nfe"])}
-    t64 = load_teacher("digits", dtype="fp64")
+    t64 = load_teacher("digits")
     x, cond = digits_start(t64, samples, seed, torch.float64)
     truth = solve_reference(t64, x, cond, replace(DIGITS_TRUTH, batch=samples))
     check = solve_reference(t64, x, cond, replace(DIGITS_CHECK, batch=samples))
@@ -147,7 +150,7 @@ def digits_problem(samples: int, seed: int, truth_file: str | None = None, netwo
     truth, info = digits_truth(samples, seed, truth_file)
     teacher = load_teacher("digits", dtype=network)
     x, cond = digits_start(teacher, samples, seed, torch.float32)
-    note = (f"network and state float64, {DIGITS_TRUTH.describe()} ({info['nfe']} NFE); dopri5 at 1e-7 differs by "
+    note = (f"network float32, {DIGITS_TRUTH.describe()} ({info['nfe']} NFE); {DIGITS_CHECK.describe()} differs by "
             f"{info['check']:.1e} relative")
     return Problem(f"digits-{network}" if network != "fp32" else "digits", teacher, x, cond, truth, note, "float32"), info
 
@@ -414,7 +417,7 @@ def main() -> None:
     if args.digits_samples:
         digits, info = digits_problem(args.digits_samples, args.seed, args.truth_file)
         problems.append(digits)
-        checks["digits: dopri5 1e-7 vs dopri8 1e-7 (float64)"] = info["check"]
+        checks["digits: dopri5 log-sigma 1e-6 vs dopri8 lambda 1e-6 (state float64)"] = info["check"]
     rows = measure(problems, args.nfe_cap, per_sample=not args.no_per_sample)
     choice = choose(rows, [p.name for p in problems])
     total = time.perf_counter() - start

@@ -66,8 +66,10 @@ def test_warm_rerun_costs_zero_teacher_evaluations(tmp_path, private_cache):
     c = ref_nfe(cold[0])
     assert c["teacher_evals_this_run"] > 0 and c["teacher_passes_this_run"] >= c["teacher_evals_this_run"]
     assert (c["cache_hits"], c["cache_misses"], c["cache_corrupt"]) == (0, 2, 0)
-    # two chunk entries for the reference, one for the 8-sample floor solve
-    assert len(entries(private_cache)) == 3
+    # two chunk entries for the reference, one for the 8-sample floor solve (float64 analytic: no
+    # precision part), one for ddim:2's samples (one batch) and two for its curve (two sigmas)
+    assert len(entries(private_cache)) == 6
+    assert cold[0].result["nfe"]["student_teacher_passes"] > 0
 
     warm = run(cfg)
     w = ref_nfe(warm[0])
@@ -75,7 +77,8 @@ def test_warm_rerun_costs_zero_teacher_evaluations(tmp_path, private_cache):
     assert (w["cache_hits"], w["cache_misses"], w["cache_corrupt"]) == (2, 0, 0)
     # the cached step statistics are reported, not zeros
     assert w["per_sample"] == c["per_sample"] > 0 and w["accepted_steps"] == c["accepted_steps"] > 0
-    assert len(entries(private_cache)) == 3
+    assert len(entries(private_cache)) == 6
+    assert warm[0].result["nfe"]["student_teacher_passes"] == 0  # the solver row is memoized too
     # bitwise the same numbers: metrics, curves, floor and the stored samples
     assert numbers(warm) == numbers(cold)
     ref_samples = load_file(str(warm[1].path / "per_sample.safetensors"))["samples"]
@@ -224,6 +227,40 @@ def test_cache_key_covers_what_the_numbers_depend_on(tmp_path, private_cache, ch
         assert r["cache_hits"] == 0 and r["cache_misses"] >= 2 and r["teacher_evals_this_run"] > 0
     else:
         assert r["cache_hits"] == 2 and r["cache_misses"] == 0 and r["teacher_evals_this_run"] == 0
+
+
+SOLVER_KEY_CHANGES = [
+    pytest.param(dict(seed=1), id="seed"),
+    pytest.param(dict(guidance=Guidance(3.0)), id="guidance"),
+    pytest.param(dict(conditional=False), id="conditioning"),
+    pytest.param(dict(teacher=_teacher_variant()), id="teacher"),
+    pytest.param(dict(students=("ddim:3",)), id="steps"),
+    pytest.param(dict(students=("euler:2",)), id="same-scheme-other-name"),
+    pytest.param(dict(students=("heun:2",)), id="method"),
+]
+
+
+@pytest.mark.parametrize("change", SOLVER_KEY_CHANGES)
+def test_solver_row_memo_key_covers_what_its_samples_depend_on(tmp_path, private_cache, change):
+    """A solver row's samples and curve are cached only under everything they depend on: the teacher's
+    ODE identity, the scheme and steps, the input states (noise, seed) and the conditions."""
+    base = config(tmp_path, private_cache, conditional=True, guidance=Guidance(1.0), students=("ddim:2",))
+    run(base)
+    again = run(replace(base, **change))[0].result["nfe"]["student_teacher_passes"]
+    # euler:K is ddim:K's scheme: the same numbers, rightly shared
+    assert (again == 0) == (change.get("students") == ("euler:2",))
+
+
+def test_solver_row_memo_is_bitwise_the_fresh_computation(tmp_path, private_cache, monkeypatch):
+    from odebench.students import solvers
+
+    cfg = config(tmp_path, private_cache, students=("heun:2",))
+    cold, warm = numbers(run(cfg)), numbers(run(cfg))
+    fresh = numbers(run(replace(cfg, use_cache=False)))
+    assert cold == warm == fresh
+    # a change to the solvers' numerics (SOLVER_NUMERICS bumped) is a new key, never a stale hit
+    monkeypatch.setattr(solvers, "SOLVER_NUMERICS", solvers.SOLVER_NUMERICS + 1)
+    assert run(cfg)[0].result["nfe"]["student_teacher_passes"] > 0
 
 
 def test_student_batch_size_does_not_change_numbers(tmp_path, private_cache):

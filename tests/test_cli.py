@@ -282,7 +282,20 @@ ERROR_CASES = [
     pytest.param(["--student", "ddim:2", "--student", "ddim:2"], ["ddim-2"], id="duplicate-student"),
     pytest.param(["--uncond", "--conditional"], ["--uncond"], id="uncond-and-conditional"),
     pytest.param(["--guidance", "3", "--uncond"], ["guidance"], id="guidance-needs-conditional"),
+    pytest.param(["--teacher", "gmm", "--dtype", "bf16"], ["analytic", "--state-dtype"], id="network-dtype-on-analytic"),
+    pytest.param(["--dtype", "int8"], ["int8", "fp32, bf16 or fp16", "--state-dtype"], id="network-dtype-unknown"),
+    pytest.param(["--state-dtype", "float16"], ["float16", "--state-dtype"], id="state-dtype-unknown"),
+    pytest.param(["--dtype", "float64", "--state-dtype", "float32"], ["--state-dtype only"], id="old-and-new-state-dtype"),
 ]
+
+
+def test_old_dtype_spelling_sets_the_state_dtype_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["run", *QUICK, "--teacher", "gmm", "--student", "ddim:1", "--dtype", "float32", "--out", tmp_path / "out"])
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert "--dtype float32 is deprecated" in r.stderr and "--state-dtype float32" in r.stderr
+    res = json.loads((tmp_path / "out" / "ddim-1" / "result.json").read_text())
+    assert res["reference"]["solver"]["dtype"] == "float32" and res["reference"]["network_dtype"] is None
 
 
 @pytest.mark.parametrize("args, needles", ERROR_CASES)

@@ -103,5 +103,5 @@ def test_network_dtype_choices():
     assert next(t.with_network_dtype("fp32").unet.parameters()).dtype == torch.float32
     with pytest.raises(OdebenchError, match="analytic"):
         load_teacher("gmm", dtype="bf16")
-    with pytest.raises(OdebenchError, match="fp32, bf16 or fp16"):
+    with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher("digits", dtype="fp8")

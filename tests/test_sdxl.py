@@ -109,6 +109,8 @@ def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
     with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher(str(sdxl_dir), dtype="int8")
     with pytest.raises(OdebenchError, match="SDXL teachers only"):
+        load_teacher("gmm", vae="x")
+    with pytest.raises(OdebenchError, match="analytic"):  # --dtype is a network's precision
         load_teacher("gmm", dtype="fp16")
 
 

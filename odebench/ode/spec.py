@@ -50,7 +50,7 @@ class SolverSpec:
         if self.time not in TIME_VARIABLES:
             raise OdebenchError(f"unknown time variable {self.time!r}: expected one of {', '.join(TIME_VARIABLES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise OdebenchError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+            raise OdebenchError(f"unknown state dtype {self.dtype!r} (--state-dtype): expected one of {', '.join(DTYPES)}")
         if not (isinstance(self.batch, int) and self.batch > 0):
             raise OdebenchError(f"reference batch must be a positive integer, got {self.batch!r}")
         opts = tuple(sorted((str(k), float(v)) for k, v in dict(self.options).items()))

@@ -32,7 +32,7 @@ def network_dtype_name(dtype: torch.dtype) -> str:
 def check_network_dtype(name: str) -> torch.dtype:
     """The torch dtype of a --dtype name; a one-line error names the choices."""
     if name not in NETWORK_DTYPES:
-        raise OdebenchError(f"unknown network dtype {name!r}: expected fp32, bf16 or fp16 (or fp64)")
+        raise OdebenchError(f"unknown network dtype {name!r}: expected fp16, bf16 or fp32 (or fp64)")
     return NETWORK_DTYPES[name]
 
 
