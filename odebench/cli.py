@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from odebench.errors import OdebenchError
-from odebench.ode.spec import DEFAULT_ATOL, DEFAULT_BATCH, DEFAULT_METHOD, DEFAULT_RTOL
+from odebench.ode.spec import DEFAULT_ATOL, DEFAULT_BATCH, DEFAULT_METHOD, DEFAULT_RTOL, DEFAULT_TIME
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="ODE-error benchmark for consistency-model students of diffusion teachers.")
@@ -71,7 +71,7 @@ def run(
     method: str = typer.Option(DEFAULT_METHOD, help="Reference solver (torchdiffeq adaptive): dopri5 | dopri8 | bosh3 | adaptive_heun | fehlberg2."),
     rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
     atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
-    time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
+    time_variable: str = typer.Option(DEFAULT_TIME, "--time", help="Integration variables: lambda (y = x/sigma against 1/sigma: the data-prediction exponential integrator, DDIM is its Euler step) | log-sigma | sigma."),
     dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16: the precision of the teacher's network (digits, SDXL; default fp32). Part of the reference's cache key; the reference floor reports what it costs in accuracy."),
     state_dtype: Optional[str] = typer.Option(None, "--state-dtype", help="float32 | float64: the reference ODE state's dtype (default: the teacher's: float64 analytic, float32 network)."),
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
@@ -79,7 +79,7 @@ def run(
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
     curve_points: int = typer.Option(8, help="Noise levels of the per-sigma error curve (0 to skip)."),
     curve_samples: int = typer.Option(64, help="Samples used for the error curve."),
-    floor_samples: int = typer.Option(64, help="Samples re-solved at 10x tighter tolerance for the reference floor (0 to skip)."),
+    floor_samples: int = typer.Option(32, help="Samples whose reference is re-solved for the floor: at 10x tighter tolerance (solver part) and one precision up (precision part; a float32 network's on the first 8). 0 skips."),
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),

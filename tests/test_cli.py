@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from odebench.cli import app
-from odebench.ode.spec import DEFAULT_RTOL
+from odebench.ode.spec import DEFAULT_RTOL, DEFAULT_TIME
 from odebench.results import SCHEMA
 from odebench.teachers import load_teacher
 
@@ -149,7 +149,7 @@ def test_result_json_contents(main_run):
             assert len(res["curves"]["ode_mse_vs_sigma"]["sigma"]) == 3
         # the reference and its floor
         ref = res["reference"]
-        assert ref["solver"] == {"method": "dopri5", "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": "log-sigma",
+        assert ref["solver"] == {"method": "dopri5", "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": DEFAULT_TIME,
                                  "dtype": "float64", "batch": 256, "options": {}}
         floor = ref["floor"]
         assert floor["n"] == 8 and floor["tight_solver"]["rtol"] == pytest.approx(DEFAULT_RTOL / 10)

@@ -13,10 +13,13 @@ DTYPES = ("float32", "float64")
 # torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
 SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")
 
-# Chosen by measurement (benchmarks/reference_solver.py; table in README): the cheapest setting
-# with <= 1e-4 relative endpoint error on both the closed-form Gaussian (6.0e-5, 81 NFE) and the
-# 64-D mixture (7.0e-5, 111 NFE), ~100-1000x below DDIM-100. dopri8/bosh3 and sigma time cost more.
+# Chosen by measurement (benchmarks/reference_solver.py; table in README): dopri5 in lambda time
+# (y = x/sigma against 1/sigma, odebench.ode.pfode) at 1e-4: gauss16 2.0e-5 relative endpoint error
+# at 75 NFE, gmm64 9.0e-5 at 105, digits 1.3e-3 at 159 (32 samples) -- the lowest digits error of
+# any setting within ~1.5x DDIM-100's budget. <= 1e-4 on digits takes ~600 NFE with any measured
+# setting (its guided flow amplifies local errors ~10-30x; dopri8 is stability-limited there).
 DEFAULT_METHOD = "dopri5"
+DEFAULT_TIME = "lambda"
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-4
 DEFAULT_BATCH = 256
@@ -29,13 +32,14 @@ class SolverSpec:
     `batch` is part of the spec because torchdiffeq shares one step size across a batch: the
     samples solved together determine the step sequence, so it changes the numbers (within
     tolerance) and must be in the cache key.
-    `dtype` None means the teacher's default (float64 for analytic teachers, float32 otherwise).
+    `dtype` is the ODE state's dtype (--state-dtype; the network's precision is the teacher's,
+    --dtype); None means the teacher's default (float64 for analytic teachers, float32 otherwise).
     """
 
     method: str = DEFAULT_METHOD
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
-    time: str = "log-sigma"
+    time: str = DEFAULT_TIME
     dtype: str | None = None
     batch: int = DEFAULT_BATCH
     options: tuple[tuple[str, float], ...] = ()
