@@ -34,7 +34,7 @@ import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
 from odebench.ode.reference import solve_reference
-from odebench.ode.spec import SolverSpec
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_TIME, SolverSpec
 from odebench.students.solvers import SolverStudent
 from odebench.teachers import load_teacher
 from odebench.teachers.base import Teacher
@@ -150,7 +150,8 @@ def digits_problem(samples: int, seed: int, truth_file: str | None = None, netwo
     truth, info = digits_truth(samples, seed, truth_file)
     teacher = load_teacher("digits", dtype=network)
     x, cond = digits_start(teacher, samples, seed, torch.float32)
-    note = (f"network float32, {DIGITS_TRUTH.describe()} ({info['nfe']} NFE); {DIGITS_CHECK.describe()} differs by "
+    note = (f"network float32, state float64, {DIGITS_TRUTH.method} in {DIGITS_TRUTH.time} time at {DIGITS_TRUTH.rtol:g} "
+            f"({info['nfe']} NFE); {DIGITS_CHECK.method} in {DIGITS_CHECK.time} time at {DIGITS_CHECK.rtol:g} differs by "
             f"{info['check']:.1e} relative")
     return Problem(f"digits-{network}" if network != "fp32" else "digits", teacher, x, cond, truth, note, "float32"), info
 
@@ -328,8 +329,8 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def precision_study(samples: int, seed: int, truth_file: str | None, tols=(1e-3, 1e-4, 1e-5),
-                    time_var: str = "lambda", method: str = "dopri5") -> dict:
+def precision_study(samples: int, seed: int, truth_file: str | None, tols=(1e-4, 1e-5),
+                    time_var: str = DEFAULT_TIME, method: str = DEFAULT_METHOD) -> dict:
     """bf16 vs fp32 network on digits (state float32): NFE at each requested tolerance with the
     tolerance raise off and on, and the reference floor before (bf16 vs bf16 10x tighter) and after
     (odebench.ode.floor: solver + precision parts) against the true error (bf16 reference vs the

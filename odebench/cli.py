@@ -372,9 +372,11 @@ def cache_ls(cache_dir: Optional[Path] = typer.Option(None, help="Cache director
         total += e.size
         p = e.payload or {}
         solver = p.get("spec", {})
-        t.add_row(e.key[:12], str(p.get("ode", {}).get("teacher", "?")) if e.ok else f"[red]unreadable: {e.problem}",
-                  f"{p.get('start', '?')}..{p.get('stop', '?')}",
-                  f"{solver.get('method', '?')} rtol={solver.get('rtol', '?')}", f"{e.size / 1024:.1f} KiB")
+        ode = p.get("ode") or p.get("teacher") or {}  # reference entries / memoized solver rows
+        what = (f"{solver.get('method', '?')} rtol={solver.get('rtol', '?')}" if solver
+                else f"{p.get('kind', '?')} {p.get('method', '')}{':' + str(p['steps']) if 'steps' in p else ''}".strip())
+        t.add_row(e.key[:12], str(ode.get("teacher", "?")) if e.ok else f"[red]unreadable: {e.problem}",
+                  f"{p.get('start', '?')}..{p.get('stop', '?')}", what, f"{e.size / 1024:.1f} KiB")
     _console().print(t)
     print(f"{len(entries)} entries, {total / 1024 ** 2:.2f} MiB")
 

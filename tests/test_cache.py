@@ -15,7 +15,7 @@ import odebench.ode.trajectories as trajectories
 from odebench.bench import RunConfig, run
 from odebench.cli import app
 from odebench.ode.cache import TrajectoryCache
-from odebench.ode.spec import DEFAULT_RTOL, SolverSpec
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_RTOL, SolverSpec
 from odebench.teachers.base import Guidance
 
 SAMPLES, CHUNK = 64, 32  # two reference chunks
@@ -356,7 +356,7 @@ def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     keys = [p.stem[:12] for p in entries(other)]
     for k in keys:
         assert k in r.stdout
-    assert "0..32" in r.stdout and "32..64" in r.stdout and f"dopri5 rtol={DEFAULT_RTOL:g}" in r.stdout
+    assert "0..32" in r.stdout and "32..64" in r.stdout and f"{DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in r.stdout
     assert sum(" gmm " in line for line in r.stdout.splitlines()) == 2
 
     r = cli("cache", "ls")  # the default: $ODEBENCH_CACHE, the empty private cache

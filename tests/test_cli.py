@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from odebench.cli import app
-from odebench.ode.spec import DEFAULT_RTOL, DEFAULT_TIME
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_RTOL, DEFAULT_TIME
 from odebench.results import SCHEMA
 from odebench.teachers import load_teacher
 
@@ -97,7 +97,7 @@ def test_run_exits_zero_and_prints_table(main_run):
         cells = [c.strip() for c in lines[0].split("│")[1:-1]]
         assert cells[1] == fmt(res["nfe"]["student_per_sample"])
         assert fmt(m["value"], m["stderr"]) in cells, (cells, fmt(m["value"], m["stderr"]))
-    assert f"reference: dopri5 rtol={DEFAULT_RTOL:g}" in out
+    assert f"reference: {DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in out
     assert "results: runs/ddim-1, runs/ddim-4, runs/heun-8, runs/ref" in out
     # a cold cache: the one reference chunk was solved in this run
     assert "(cache 0 hit / 1 miss)" in out
@@ -142,14 +142,14 @@ def test_result_json_contents(main_run):
             assert METRIC_FIELDS <= set(m[key]), (key, m[key])
             assert m[key]["higher_is_better"] is False
             assert "teacher " + gmm.fingerprint() in m[key]["identity"]
-            assert f"dopri5 rtol={DEFAULT_RTOL:g}" in m[key]["identity"]
+            assert f"{DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in m[key]["identity"]
             assert m[key]["n"] == (16 if key.endswith("curve_mean") else 64)
         assert m["ode_rmse@ref"]["value"] == pytest.approx(math.sqrt(m["ode_mse@ref"]["value"]), rel=1e-12)
         if curve_keys:
             assert len(res["curves"]["ode_mse_vs_sigma"]["sigma"]) == 3
         # the reference and its floor
         ref = res["reference"]
-        assert ref["solver"] == {"method": "dopri5", "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": DEFAULT_TIME,
+        assert ref["solver"] == {"method": DEFAULT_METHOD, "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": DEFAULT_TIME,
                                  "dtype": "float64", "batch": 256, "options": {}}
         floor = ref["floor"]
         assert floor["n"] == 8 and floor["tight_solver"]["rtol"] == pytest.approx(DEFAULT_RTOL / 10)

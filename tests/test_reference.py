@@ -183,7 +183,8 @@ def test_lambda_time_reference_matches_closed_form(gaussian_teacher, method, tol
 
 
 def test_default_reference_is_within_its_goal_on_the_gaussian(gaussian_teacher):
-    """The default spec (benchmarks/reference_solver.py chose it): <= 1e-4 relative error, <= 100 NFE."""
+    """The default spec (benchmarks/reference_solver.py chose it): <= 1e-4 relative error at <= 100 NFE on
+    the closed-form flow (3-D here; the 16-D benchmark problem: 3.6e-5 at 75 NFE)."""
     x_start = torch.randn(256, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 80.0
     sol = solve_reference(gaussian_teacher, x_start, None, SolverSpec(dtype="float64"))
     assert rel_rms(sol.x0, exact_endpoint(x_start, 80.0, 0.002)) < 1e-4

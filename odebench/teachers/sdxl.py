@@ -166,8 +166,26 @@ class SDXLTeacher(DiscreteVPTeacher):
     def sigma_data(self) -> float:
         return 0.5  # LCM's sigma_data for SD latents
 
+    # a precision view (with_network_dtype) casts its UNet copy on first use, so a view whose work is
+    # all cached (a warm run's floor) never holds a second SDXL UNet
+    _unet_pending: tuple | None = None  # (source UNet, target dtype)
+
+    @property
+    def unet(self):
+        if self._unet_pending is not None:
+            source, dtype = self._unet_pending
+            # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
+            self._unet, self._unet_pending = torch.nn.Module.to(copy.deepcopy(source), dtype), None
+        return self._unet
+
+    @unet.setter
+    def unet(self, module) -> None:
+        self._unet, self._unet_pending = module, None
+
     @property
     def unet_dtype(self) -> torch.dtype:
+        if self._unet_pending is not None:
+            return self._unet_pending[1]
         return next(self.unet.parameters()).dtype
 
     def fingerprint(self) -> str:
@@ -186,8 +204,7 @@ class SDXLTeacher(DiscreteVPTeacher):
         if torch_dtype == self.unet_dtype:
             return self
         other = copy.copy(self)
-        # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
-        other.unet = torch.nn.Module.to(copy.deepcopy(self.unet), torch_dtype)
+        other._unet_pending = (self.unet, torch_dtype)
         return other
 
     def spec(self) -> Any:
