@@ -159,7 +159,7 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, private_cache, how):
 
 
 def test_cache_verify_cli(tmp_path, private_cache):
-    run(config(tmp_path, private_cache))
+    run(config(tmp_path, private_cache, students=("ref",)))  # the reference's two chunks, no solver-row entries
     files = entries(private_cache)
     assert len(files) == 2
     r = cli("cache", "verify", "--cache-dir", private_cache)
@@ -347,7 +347,7 @@ def test_interrupted_cli_run_exits_130_and_resumes(tmp_path, private_cache, monk
 # ------------------------------------------------------------------------------------------------
 def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     other = tmp_path / "unrelated-cache"  # --cache-dir wins over $ODEBENCH_CACHE
-    run(config(tmp_path, other))
+    run(config(tmp_path, other, students=("ref",)))  # the reference's two chunks, no solver-row entries
     assert len(entries(other)) == 2 and entries(private_cache) == []
 
     r = cli("cache", "ls", "--cache-dir", other)
@@ -373,3 +373,6 @@ def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     assert r.exit_code == 0 and "0 entries" in r.stdout
     # and the next run is cold again
     assert ref_nfe(run(config(tmp_path, other))[0])["cache_misses"] == 2
+    # a solver row's memoized samples and curve points are listed by what they are
+    r = cli("cache", "ls", "--cache-dir", other)
+    assert sum("solver-student euler:2" in line for line in r.stdout.splitlines()) == 3
