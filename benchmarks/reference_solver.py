@@ -34,7 +34,7 @@ import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
 from odebench.ode.reference import solve_reference
-from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_TIME, SolverSpec
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_RTOL, DEFAULT_TIME, SolverSpec
 from odebench.students.solvers import SolverStudent
 from odebench.teachers import load_teacher
 from odebench.teachers.base import Teacher
@@ -42,7 +42,8 @@ from odebench.teachers.gmm import GMMTeacher
 
 # (method, time, tolerances): the grid measured on every problem
 GRID = (("dopri5", "log-sigma", (1e-3, 1e-4, 1e-5, 1e-6)), ("dopri5", "lambda", (1e-3, 1e-4, 1e-5, 1e-6)),
-        ("dopri8", "lambda", (1e-3, 1e-4, 1e-5)), ("dopri8", "log-sigma", (1e-4, 1e-5)), ("bosh3", "lambda", (1e-4, 1e-5)))
+        ("bosh3", "lambda", (1e-3, 3e-4, 2e-4, 1e-4, 3e-5)), ("bosh3", "log-sigma", (1e-4,)),
+        ("adaptive_heun", "lambda", (1e-3, 3e-4)), ("dopri8", "lambda", (1e-4,)), ("dopri8", "log-sigma", (1e-4,)))
 PER_SAMPLE = (("dopri5", "lambda", (1e-4, 1e-5)),)  # torchode, a step size per sample
 DDIM_STEPS = (100, 1000)
 TRUTH_SPEC = SolverSpec(method="dopri8", rtol=1e-10, atol=1e-10, time="log-sigma", dtype="float64")
@@ -329,7 +330,7 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def precision_study(samples: int, seed: int, truth_file: str | None, tols=(1e-4, 1e-5),
+def precision_study(samples: int, seed: int, truth_file: str | None, tols=(DEFAULT_RTOL, DEFAULT_RTOL / 3),
                     time_var: str = DEFAULT_TIME, method: str = DEFAULT_METHOD) -> dict:
     """bf16 vs fp32 network on digits (state float32): NFE at each requested tolerance with the
     tolerance raise off and on, and the reference floor before (bf16 vs bf16 10x tighter) and after
@@ -348,6 +349,11 @@ def precision_study(samples: int, seed: int, truth_file: str | None, tols=(1e-4,
     teachers = {net: load_teacher("digits", dtype=net) for net in ("fp32", "bf16")}
     x, cond = digits_start(teachers["fp32"], samples, seed, torch.float32)
     no_cache = TrajectoryCache(enabled=False)
+
+    def solve(t, s_, m, label):
+        r = solve_reference(t, x[:m].to(DTYPE[s_.dtype]), cond[:m], s_)
+        return r.x0, r.nfe
+
     for tol in tols:
         spec = SolverSpec(method=method, rtol=tol, atol=tol, time=time_var, dtype="float32", batch=samples)
         row = {"tol": tol}
@@ -363,14 +369,21 @@ def precision_study(samples: int, seed: int, truth_file: str | None, tols=(1e-4,
                 tight = solve_reference(teacher, x, cond, spec.tighter())
                 row["bf16_floor_before"], row["bf16_tight_nfe"] = mse(sol.x0, tight.x0), tight.nfe
 
-                def solve(t, s_, m, label):
-                    r = solve_reference(t, x[:m].to(DTYPE[s_.dtype]), cond[:m], s_)
-                    return r.x0, r.nfe
-
-                fl = reference_floor(teacher, eff, ref.x0, samples, solve)
+                fl = reference_floor(teacher, eff, ref.x0, samples, solve, delta)
                 row["bf16_floor_after"] = fl["ode_mse"]
                 row["bf16_floor_parts"] = {k: v["ode_mse"] for k, v in fl["parts"].items()}
                 row["bf16_floor_resolves_nfe"] = [r["nfe_per_sample"] for r in fl["resolves"]]
+                # what the float32 path's estimate S (delta / tol)^2 would have said here
+                row["bf16_precision_estimate"] = fl["parts"]["solver"]["ode_mse"] * (delta / eff.rtol) ** 2
+            else:
+                # float32: the floor's estimated precision part against a measured one (network and state
+                # float64 on the first 8 samples)
+                fl = reference_floor(teacher, eff, ref.x0, samples, solve, delta)
+                row["fp32_floor_parts"] = {k: v["ode_mse"] for k, v in fl["parts"].items()}
+                k = min(8, samples)
+                r64 = solve_reference(teacher.with_network_dtype("fp64"), x[:k].double(), cond[:k],
+                                      replace(eff, dtype="float64"))
+                row["fp32_precision_measured"] = mse(ref.x0[:k], r64.x0)
         out["rows"].append(row)
         print(f"  precision tol {tol:g}: {row}", flush=True)
     return out
@@ -384,6 +397,12 @@ def precision_table(study: dict) -> str:
         lines.append(f"| {r['tol']:g} | {r['fp32_nfe']} | {r['bf16_nfe']} | {r['bf16_raised_nfe']} ({r['bf16_raised_tol']:g}) | "
                      f"{r['bf16_raised_true_mse']:.2e} | {r['bf16_floor_before']:.2e} | {r['bf16_floor_after']:.2e} "
                      f"({parts['solver']:.1e} + {parts['precision']:.1e}) |")
+    lines += ["", "| requested tol | fp32 true MSE | fp32 floor: solver | precision (estimated) | precision (measured, float64) | "
+              "bf16: precision measured | bf16: what the estimate would say |", "|---|---|---|---|---|---|---|"]
+    for r in study["rows"]:
+        p32 = r["fp32_floor_parts"]
+        lines.append(f"| {r['tol']:g} | {r['fp32_true_mse']:.2e} | {p32['solver']:.2e} | {p32['precision']:.1e} | "
+                     f"{r['fp32_precision_measured']:.1e} | {r['bf16_floor_parts']['precision']:.1e} | {r['bf16_precision_estimate']:.1e} |")
     return "\n".join(lines)
 
 

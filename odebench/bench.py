@@ -31,7 +31,7 @@ class RunConfig:
     batch_size: int = 256  # student sampling batch (the reference batch lives in SolverSpec)
     curve_points: int = 8
     curve_samples: int = 64
-    floor_samples: int = 32  # re-solved for the reference floor (odebench.ode.floor)
+    floor_samples: int = 24  # re-solved for the reference floor (odebench.ode.floor)
     ksteps: tuple[int, ...] = (1, 2, 4)
     out: Path = Path("runs")
     name: str | None = None
@@ -273,7 +273,7 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
                                                                  start=idx.start, progress=advance), m, s.batch), merge_reference_sets)
             return None if part is None else (part.x0, part.nfe_per_sample)
 
-        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve)
+        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve, drift_delta)
     floor_s = floor.pop("seconds") if floor is not None else 0.0  # with the timings: the floor's numbers stay bitwise reproducible
 
     ddim100 = None

@@ -4,15 +4,20 @@ On the first m samples (`floor_samples`), with R(precision, spec) a re-solve of 
   solver part     S = MSE(R_q(spec), R_q(spec 10x tighter))      discretisation error
   precision part  P = MSE(reference, R_up(spec))                 rounding error of network and state
   combined floor  F = S + P
-where R_up runs one precision up (odebench.ode.precision.precision_up: a bf16/fp16 network in fp32;
-a float32 network and state in float64) and q is the reference's own precision, except for a half-
-precision network, whose rounding noise would pollute the tighter solve: there q = up, and both
-parts come from the two precision-up solves. Rule: the parts come from independent sources
-(truncation vs rounding), so their squared errors add; the triangle inequality bounds the truth by
-(sqrt S + sqrt P)^2 <= 2F either way. What F leaves out, the precision-up solve's own solver error at
-10x tighter tolerance and its rounding one level up, is ~10x and ~1000x smaller.
-A float64 precision-up network costs ~4x per evaluation on a CPU, so for a float32 reference P uses
-the first min(m, FP64_SAMPLES) samples; a float64-throughout reference has P = 0 (not measured).
+Rule: the parts come from independent sources (truncation vs rounding), so their squared errors add;
+the triangle inequality bounds the truth by (sqrt S + sqrt P)^2 <= 2F either way.
+
+Half-precision network (bf16/fp16): R_up runs the network in float32 (odebench.ode.precision.
+precision_up) and both parts come from the two float32 re-solves (q = up): the half-precision
+network's own noise would pollute a tighter solve of its own. What F leaves out, the float32 solve's
+error at 10x tighter tolerance, is ~10x smaller than S.
+Float32 network (or a float32-state analytic teacher): S is measured at the reference's own precision
+(q = itself); P is estimated, not re-solved, as S (delta / tol)^2: rounding noise of relative size
+delta per drift evaluation (measured, odebench.ode.precision) acts on the solution as a local error
+of delta where the solver's local errors are held to tol, and both are propagated by the same flow.
+A float64 re-solve would cost ~4x per evaluation in small batches (~10x per sample on a CPU) for a
+part that is ~1e-6 of S; benchmarks/reference_solver.py --precision checks the estimate against it.
+Float64 throughout: P = 0 (not measured).
 """
 from __future__ import annotations
 
@@ -23,12 +28,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from odebench.ode.precision import HALF, describe_precision, precision_up
+from odebench.ode.precision import HALF, describe_precision, has_precision_up, precision_up
 from odebench.ode.spec import SolverSpec
 from odebench.teachers.base import Teacher
 
 TIGHTER = 10.0
-FP64_SAMPLES = 8
 RULE = "combined = solver + precision (squared errors of independent sources add)"
 
 # solve(teacher, spec, m, label) -> (the first m endpoints of that solve, its NFE per sample); None off the main rank
@@ -49,20 +53,17 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None]:
 
 def floor_plan(teacher: Teacher, spec: SolverSpec, m: int) -> list[tuple[str, Teacher, SolverSpec, int]]:
     """The re-solves the floor needs: (label, teacher, spec, samples); the reference itself is not among them."""
-    up = precision_up(teacher, spec)
-    tight = spec.tighter(TIGHTER)
     if teacher.network_dtype in HALF:
-        t_up, s_up = up
+        t_up, s_up = precision_up(teacher, spec)
         return [("precision-up", t_up, s_up, m), ("precision-up tight", t_up, s_up.tighter(TIGHTER), m)]
-    plan = [("tight", teacher, tight, m)]
-    if up is not None:
-        plan.append(("precision-up", up[0], up[1], min(m, FP64_SAMPLES)))
-    return plan
+    return [("tight", teacher, spec.tighter(TIGHTER), m)]
 
 
-def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | None, m: int, solve: Solve) -> dict | None:
+def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | None, m: int, solve: Solve,
+                    delta: float = 0.0) -> dict | None:
     """The floor of a resolved reference `spec` on its first m samples (module docstring); runs the
-    re-solves through `solve` (every rank), returns the floor dict where `ref_x0` is given (rank 0)."""
+    re-solves through `solve` (every rank), returns the floor dict where `ref_x0` is given (rank 0).
+    `delta`: the drift's measured relative rounding noise (odebench.ode.precision.drift_precision)."""
     plan = floor_plan(teacher, spec, m)
     t0 = time.perf_counter()
     done = {label: (t, s, n, solve(t, s, n, label)) for label, t, s, n in plan}
@@ -89,11 +90,12 @@ def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | N
         s_val, s_err = _mse(ref_x0[:n_solver], x_tight)
         solver = {"how": f"reference vs a {TIGHTER:g}x tighter re-solve ({describe_precision(teacher, spec)})",
                   "tight_solver": s_tight.to_dict()}
-        if "precision-up" in got:
-            t_up, s_up, n, x_up = got["precision-up"]
-            p_val, p_err = _mse(ref_x0[:n], x_up)
-            precision = {"how": f"reference vs the same samples re-solved with {describe_precision(t_up, s_up)}",
-                         "up": describe_precision(t_up, s_up), "n": n}
+        if has_precision_up(teacher, spec):
+            ratio = delta / min(spec.rtol, spec.atol)
+            p_val, p_err = s_val * ratio ** 2, (None if s_err is None else s_err * ratio ** 2)
+            precision = {"how": f"estimated as solver part x (delta / tol)^2 with the drift's measured rounding noise "
+                                f"delta = {delta:.2g} ({describe_precision(teacher, spec)} vs one precision up)",
+                         "up": None, "n": n_solver, "delta": delta}
         else:
             p_val, p_err = 0.0, 0.0
             precision = {"how": "not measured: float64 throughout (rounding ~1e-16 relative)", "up": None, "n": 0}
@@ -106,5 +108,6 @@ def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | N
             "precision": describe_precision(teacher, spec),
             "tight_solver": solver["tight_solver"], "resolves": resolves, "seconds": seconds,
             "definition": "MSE per element between the reference and the exact ODE solution, estimated on the first n "
-                          "samples as the sum of a solver part (tighter re-solve) and a precision part (re-solve one "
-                          "precision up); parts and how each was measured under 'parts'"}
+                          "samples as the sum of a solver part (tighter re-solve) and a precision part (a re-solve one "
+                          "precision up for a half-precision network, else an estimate from the measured drift noise); "
+                          "parts and how each was measured under 'parts'"}

@@ -36,12 +36,18 @@ PROBE_STEPS = 8
 KAPPA = 0.1
 
 
+def has_precision_up(teacher: Teacher, spec: SolverSpec) -> bool:
+    """Whether a resolved reference has a precision above it (not float64 throughout)."""
+    net = teacher.network_dtype
+    return not (net == "fp64" or (net is None and spec.dtype == "float64"))
+
+
 def precision_up(teacher: Teacher, spec: SolverSpec) -> tuple[Teacher, SolverSpec] | None:
     """The precision-up view of a resolved reference (see the module docstring), or None at float64."""
     net = teacher.network_dtype
     if net in HALF:
         return teacher.with_network_dtype("fp32"), spec
-    if net == "fp64" or (net is None and spec.dtype == "float64"):
+    if not has_precision_up(teacher, spec):
         return None
     up = teacher.with_network_dtype("fp64") if net is not None else teacher
     return up, replace(spec, dtype="float64")
@@ -71,14 +77,18 @@ def drift_precision(teacher: Teacher, spec: SolverSpec, x_start: torch.Tensor, c
     from odebench.ode.grids import karras_sigmas
     from odebench.ode.reference import DTYPE
 
-    up = precision_up(teacher, spec)
-    if up is None:
+    if not has_precision_up(teacher, spec):
         return 0.0
-    key = cache_key({"kind": "drift-precision", **payload, "ode": teacher.ode_identity(),
-                     "up": up[0].ode_identity(), "state": spec.dtype, "probe": f"ddim-{PROBE_STEPS} karras"})
+    net = teacher.network_dtype
+    up_net = "fp32" if net in HALF else ("fp64" if net is not None else None)
+    up_state = spec.dtype if net in HALF else "float64"
+    up_ident = {**teacher.ode_identity(), **({"network_dtype": up_net} if up_net else {})}
+    key = cache_key({"kind": "drift-precision", **payload, "ode": teacher.ode_identity(), "up": up_ident,
+                     "state": spec.dtype, "up_state": up_state, "probe": f"ddim-{PROBE_STEPS} karras"})
     hit = cache.load(key)
     if hit is not None:
         return float(hit[0]["delta"].max())
+    up = precision_up(teacher, spec)  # built only now: an SDXL view casts a UNet copy
     sigmas = [float(s) for s in karras_sigmas(PROBE_STEPS, teacher.sigma_min, teacher.sigma_max)]
     device = getattr(teacher, "device", "cpu")
     with torch.no_grad():
@@ -119,7 +129,7 @@ def effective_spec(teacher: Teacher, spec: SolverSpec, noise, conditions, cache:
     from odebench.ode.reference import DTYPE
     from odebench.ode.trajectories import initial_state
 
-    if precision_up(teacher, spec) is None:
+    if not has_precision_up(teacher, spec):
         return spec, 0.0, None
     idx = range(PROBE_SAMPLES)
     x = initial_state(teacher, noise, idx, DTYPE[spec.dtype])
