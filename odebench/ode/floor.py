@@ -1,38 +1,40 @@
 """The reference floor: how far the reference is from the exact ODE solution, in two parts.
 
 On the first m samples (`floor_samples`), with R(precision, spec) a re-solve of the same noise:
-  solver part     S = MSE(R_q(spec), R_q(spec 10x tighter))      discretisation error
-  precision part  P = MSE(reference, R_up(spec))                 rounding error of network and state
+  solver part     S = MSE(reference, R(spec 10x tighter))                       discretisation error
+  precision part  P = MSE(R(spec), R_up(spec)) on the first PAIR_SAMPLES,      rounding error
+                      both solved as one batch (the same step control, so the difference is the rounding)
   combined floor  F = S + P
 Rule: the parts come from independent sources (truncation vs rounding), so their squared errors add;
 the triangle inequality bounds the truth by (sqrt S + sqrt P)^2 <= 2F either way.
 
-Half-precision network (bf16/fp16): R_up runs the network in float32 (odebench.ode.precision.
-precision_up) and both parts come from the two float32 re-solves (q = up): the half-precision
-network's own noise would pollute a tighter solve of its own. What F leaves out, the float32 solve's
-error at 10x tighter tolerance, is ~10x smaller than S.
-Float32 network (or a float32-state analytic teacher): S is measured at the reference's own precision
-(q = itself); P is estimated, not re-solved, as S (delta / tol)^2: rounding noise of relative size
-delta per drift evaluation (measured, odebench.ode.precision) acts on the solution as a local error
-of delta where the solver's local errors are held to tol, and both are propagated by the same flow.
-A float64 re-solve would cost ~4x per evaluation in small batches (~10x per sample on a CPU) for a
-part that is ~1e-6 of S; benchmarks/reference_solver.py --precision checks the estimate against it.
-Float64 throughout: P = 0 (not measured).
+Precision up, by what the reference runs in:
+  bf16/fp16 network  R_up runs the network in float32 (odebench.ode.precision.precision_up); both parts
+                     come from float32-network re-solves (S = MSE(R_up(spec), R_up(tight)), P = MSE(ref,
+                     R_up(spec)) on all m): the half-precision noise would pollute a tighter solve of its
+                     own, and it dwarfs the step-control differences between batches.
+  float32 state      R_up integrates the state in float64, the network unchanged. On digits this is most
+                     of the rounding (MSE 1.5e-7 for the state vs 5e-9 for the float32 network: measured,
+                     8 samples); a float64 network would cost ~4x per evaluation for the rest, which the
+                     drift's measured noise delta (odebench.ode.precision) bounds instead.
+  float64 throughout P = 0 (not measured).
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
 
-from odebench.ode.precision import HALF, describe_precision, has_precision_up, precision_up
+from odebench.ode.precision import HALF, describe_precision, precision_up
 from odebench.ode.spec import SolverSpec
 from odebench.teachers.base import Teacher
 
 TIGHTER = 10.0
+PAIR_SAMPLES = 8  # the float32-state precision pair: two same-batch solves at the reference's tolerance
 RULE = "combined = solver + precision (squared errors of independent sources add)"
 
 # solve(teacher, spec, m, label) -> (the first m endpoints of that solve, its NFE per sample); None off the main rank
@@ -56,7 +58,11 @@ def floor_plan(teacher: Teacher, spec: SolverSpec, m: int) -> list[tuple[str, Te
     if teacher.network_dtype in HALF:
         t_up, s_up = precision_up(teacher, spec)
         return [("precision-up", t_up, s_up, m), ("precision-up tight", t_up, s_up.tighter(TIGHTER), m)]
-    return [("tight", teacher, spec.tighter(TIGHTER), m)]
+    plan = [("tight", teacher, spec.tighter(TIGHTER), m)]
+    if spec.dtype == "float32":
+        k = min(m, PAIR_SAMPLES)
+        plan += [("pair", teacher, spec, k), ("pair float64 state", teacher, replace(spec, dtype="float64"), k)]
+    return plan
 
 
 def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | None, m: int, solve: Solve,
@@ -90,12 +96,15 @@ def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | N
         s_val, s_err = _mse(ref_x0[:n_solver], x_tight)
         solver = {"how": f"reference vs a {TIGHTER:g}x tighter re-solve ({describe_precision(teacher, spec)})",
                   "tight_solver": s_tight.to_dict()}
-        if has_precision_up(teacher, spec):
-            ratio = delta / min(spec.rtol, spec.atol)
-            p_val, p_err = s_val * ratio ** 2, (None if s_err is None else s_err * ratio ** 2)
-            precision = {"how": f"estimated as solver part x (delta / tol)^2 with the drift's measured rounding noise "
-                                f"delta = {delta:.2g} ({describe_precision(teacher, spec)} vs one precision up)",
-                         "up": None, "n": n_solver, "delta": delta}
+        if "pair" in got:
+            _, _, k, x_own = got["pair"]
+            p_val, p_err = _mse(x_own, got["pair float64 state"][3])
+            net = "" if teacher.network_dtype is None else (
+                f"; the {teacher.network_dtype} network's own rounding (delta = {delta:.1e} per evaluation, measured) "
+                "is not re-solved")
+            precision = {"how": f"the first {k} samples solved as one batch with the state in float32 and in float64 "
+                                f"(same tolerance, same step control){net}",
+                         "up": "state float64", "n": k, "delta": delta}
         else:
             p_val, p_err = 0.0, 0.0
             precision = {"how": "not measured: float64 throughout (rounding ~1e-16 relative)", "up": None, "n": 0}
@@ -108,6 +117,5 @@ def reference_floor(teacher: Teacher, spec: SolverSpec, ref_x0: torch.Tensor | N
             "precision": describe_precision(teacher, spec),
             "tight_solver": solver["tight_solver"], "resolves": resolves, "seconds": seconds,
             "definition": "MSE per element between the reference and the exact ODE solution, estimated on the first n "
-                          "samples as the sum of a solver part (tighter re-solve) and a precision part (a re-solve one "
-                          "precision up for a half-precision network, else an estimate from the measured drift noise); "
-                          "parts and how each was measured under 'parts'"}
+                          "samples as the sum of a solver part (tighter re-solve) and a precision part (re-solves one "
+                          "precision up); parts and how each was measured under 'parts'"}
