@@ -16,7 +16,10 @@ the run's noise bank and labels i mod 10, default guidance):
            (cross-checked against dopri5 in log-sigma time at 1e-6: the difference is printed).
 Time variables (odebench.ode.pfode): log-sigma (x against log sigma) and lambda (y = x/sigma against
 lambda = 1/sigma, the data-prediction exponential integrator: DDIM is Euler there). Engines: torchdiffeq
-with one step size per batch, and (if importable) torchode with a step size per sample.
+with one step size per batch, and (if importable) torchode with a step size per sample; torchode is
+not an odebench dependency (it pins typeguard < 3 through torchtyping): to get its rows,
+  pip install --target /tmp/tode torchode==1.0.1 torchtyping 'typeguard<3' --no-deps
+and put /tmp/tode on PYTHONPATH.
 For each adaptive method / time variable / tolerance we report NFE per sample (the batch shares
 one step sequence), accepted/rejected steps, the endpoint relative RMS error
 sqrt(sum (x0 - truth)^2 / sum truth^2), and wall time; DDIM-100/1000 give the scale.

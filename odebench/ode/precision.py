@@ -13,9 +13,10 @@ evaluation carries, on the scale the step control measures errors in (rtol |x|).
 
 Step control. An embedded Runge-Kutta pair estimates the local error as h sum_i (b_i - b*_i) k_i;
 noise delta |x| in the stages k_i shows up in that estimate at ~ 0.1 h delta |x| (h in log-sigma
-units; sum |b_i - b*_i| = 0.16 for dopri5) however small the step, so a tolerance below it makes the controller shrink steps that gain no accuracy
-(thrashing: bf16 digits at rtol 1e-5 took 3x the float32 NFE, issue 12). odebench therefore never
-integrates at rtol or atol below KAPPA * delta and says so in one line when it raises them.
+units; sum |b_i - b*_i| = 0.16 for dopri5) however small the step, so a tolerance below it makes
+the controller shrink steps that gain no accuracy (bf16 digits at 1e-4: 291 NFE against float32's
+219, the same true error as at 3e-4). odebench therefore never integrates at rtol or atol below
+KAPPA * delta and says so in one line when it raises them.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from odebench.teachers.base import Teacher
 HALF = ("bf16", "fp16")
 PROBE_SAMPLES = 8  # samples whose DDIM-8 trajectory probes the drift's rounding noise
 PROBE_STEPS = 8
-# tolerance floor = KAPPA * delta; calibrated on digits (benchmarks/reference_solver.py --precision):
-# bf16 NFE at the raised tolerance stays within 20% of float32's at the requested one
+# tolerance floor = KAPPA * delta; on digits (benchmarks/reference_solver.py --precision) bf16 then
+# takes 96 NFE (float32: 117 at 3e-4, 219 at 1e-4) at the true error of its unraised solve
 KAPPA = 0.1
 
 
@@ -100,7 +101,7 @@ def drift_precision(teacher: Teacher, spec: SolverSpec, x_start: torch.Tensor, c
             # relative to the state: the step control compares the drift's noise h (D - D_up) with rtol |x|
             rel.append(float((d.double() - d_up.double()).pow(2).mean().sqrt() / x_up.double().pow(2).mean().sqrt()))
     delta = torch.tensor(rel, dtype=torch.float64)
-    cache.store(key, {"kind": "drift-precision", **payload}, {"delta": delta}, {})
+    cache.store(key, {"kind": "drift-precision", **payload, "ode": teacher.ode_identity(), "state": spec.dtype}, {"delta": delta}, {})
     return float(delta.max())
 
 
