@@ -119,7 +119,7 @@ def raise_tolerance(spec: SolverSpec, delta: float, what: str) -> tuple[SolverSp
     floor = float(f"{floor:.2g}")
     raised = replace(spec, rtol=max(spec.rtol, floor), atol=max(spec.atol, floor))
     note = (f"reference tolerance raised from rtol={spec.rtol:g} atol={spec.atol:g} to rtol={raised.rtol:g} "
-            f"atol={raised.atol:g}: the drift of the {what} carries {delta:.1e} relative rounding noise (measured "
+            f"atol={raised.atol:g}: the drift ({what}) carries {delta:.1e} relative rounding noise (measured "
             f"against one precision up), and tighter steps would chase the noise, not the ODE")
     return raised, note
 
