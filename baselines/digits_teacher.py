@@ -416,7 +416,7 @@ def check(out: Path, n: int = 200, weights: tuple[float, ...] = (0.0, 1.0, 2.0, 
     canvas = np.concatenate([p for panel in panels for p in (panel, sep)][:-1], axis=0)
     png.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(png)
-    print(f"grid (rows = class 0..9; panels top to bottom = real held-out | " + " | ".join(f"w={w:g}" for w in weights)
+    print("grid (rows = class 0..9; panels top to bottom = real held-out | " + " | ".join(f"w={w:g}" for w in weights)
           + f") -> {png}")
     return stats
 

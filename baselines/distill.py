@@ -13,9 +13,10 @@ the teacher and the student (class labels for digits, encoded captions with thei
 for SDXL). A `runtime` (baselines.runtime) adds accelerate (DDP, mixed precision) when asked for;
 under several processes every process draws the same global batch from the same generator and
 keeps its own slice, so the data stream does not depend on the process count and the checkpoint
-holds one generator state. A model may name the parameters worth checkpointing
-(`checkpoint_keys()`, e.g. only the LoRA of a frozen SDXL UNet) and the dtype of the ODE state
-(`state_dtype`, float32 even when the frozen weights are fp16).
+holds one generator state. A model declares the parameters worth checkpointing (`checkpoint_keys()`:
+None for all, or e.g. only the LoRA of a frozen SDXL UNet) and the dtype of the ODE state
+(`state_dtype`: None for the weights' dtype, float32 when the frozen weights are fp16). Data are
+noised with the teacher's forward process (`teacher.add_noise`).
 """
 from __future__ import annotations
 
@@ -111,10 +112,12 @@ def _save_checkpoint(path: Path, model, opt, step: int, g: torch.Generator, ema_
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    from odebench.fileio import load_torch_tensors
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which and stop
-        raise OdebenchError(f"cannot resume from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return load_torch_tensors(path, "training checkpoint")
+    except OdebenchError as e:  # a torn or foreign file: say which and stop
+        raise OdebenchError(f"cannot resume: {e}") from None
 
 
 def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, resume: bool = False,
@@ -140,7 +143,8 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
         opt = optimizer(model)
     else:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    keys = list(model.checkpoint_keys()) if hasattr(model, "checkpoint_keys") else None
+    keys = model.checkpoint_keys()
+    keys = list(keys) if keys is not None else None
     step = 0
     ema_model = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
     if resume:
@@ -167,7 +171,7 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
 
     target_net = ema_model if ema_model is not None else model
 
-    dtype = getattr(model, "state_dtype", None) or next(model.parameters()).dtype
+    dtype = model.state_dtype or next(model.parameters()).dtype
     t_last = time.perf_counter()
     log = open(log_path, "a") if rt.is_main else contextlib.nullcontext(io.StringIO())
     with log:
@@ -178,7 +182,7 @@ def train(cfg: DistillConfig, teacher, model: torch.nn.Module, data, out: Path, 
             z = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=g, dtype=torch.float32).to(dtype)
             if world > 1:
                 n, z = n[part], z[part]
-            x_n = x0 + grid.sigmas[n].to(dtype).reshape((-1,) + (1,) * (x0.dim() - 1)) * z
+            x_n = teacher.add_noise(x0, grid.sigmas[n], z)
             with rt.autocast():
                 if cfg.target == "cm":
                     target = cm_target(lambda x, i: student(x, i, cond, target_net), teacher, x_n, n, grid, cond, cfg.solver)

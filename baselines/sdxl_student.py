@@ -4,9 +4,8 @@ f(x, sigma) = c_skip(t) x_vp + c_out(t) x0_hat, x_vp = x / sqrt(1 + sigma^2), x0
 with the paper's 1-indexed integer t: a noise level sigma_{t-1} of the schedule is timestep t, the
 UNet is given t and the LCM scalings are taken at t (PAPER.md; direct-cms' convention "paper" in
 odebench.students.lcm_sdxl: UNet at abar index + 1, scalings at abar index + 1, c_skip on the VP
-latent); sigma = 0 is t = 0, where f(x, 0) = x. The same function as the loaded student
-(SDXLConsistencyStudent with that convention), but differentiable: the evaluation student runs the
-UNet under no_grad, so training cannot reuse its forward.
+latent); sigma = 0 is t = 0, where f(x, 0) = x: the one consistency function of
+odebench.students.lcm with the `paper` convention, the same the loaded student evaluates under no_grad.
 """
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ import torch
 from torch import nn
 
 from odebench.errors import OdebenchError
-from odebench.students.unet_lcm import lcm_scalings
-from odebench.teachers.discrete import sigma_to_timestep
+from odebench.students.lcm import PAPER, lcm_consistency
 from odebench.teachers.text_condition import EncodedPrompts
 
 # The LoRA targets of the paper's script (diffusers' SDXL LCM-LoRA script): attention projections,
@@ -50,6 +48,7 @@ class SDXLPaperLCM(nn.Module):
         self.unet = unet
         self.log_sigmas = teacher.log_sigmas.clone()  # float64, CPU; not a buffer (DDP would broadcast it)
         self.sigma_min = float(teacher.sigma_min)
+        self.prediction = teacher.prediction
         self.device = teacher.device
 
     def checkpoint_keys(self) -> list[str]:
@@ -59,20 +58,14 @@ class SDXLPaperLCM(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: EncodedPrompts) -> torch.Tensor:
         if not isinstance(cond, EncodedPrompts):
             raise OdebenchError("the SDXL student is conditioned on encoded captions (EncodedPrompts)")
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
-        at_zero = sigma <= 0
-        index = sigma_to_timestep(sigma.clamp_min(self.sigma_min), self.log_sigmas)  # abar index t - 1
-        t = torch.where(at_zero, torch.zeros_like(index), index + 1.0)
-        c_skip, c_out = lcm_scalings(t)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        s = sigma.float().reshape(view).to(x.device)
-        x = x.float()
-        x_vp = x / torch.sqrt(1 + s ** 2)
         dev = self.device
-        eps = self.unet(x_vp.to(dev), t.float().to(dev), encoder_hidden_states=cond.embeds.to(dev),
-                        added_cond_kwargs={"text_embeds": cond.pooled.to(dev), "time_ids": cond.time_ids.to(dev)}).sample
-        x0_hat = x - s * eps.float().to(x.device)
-        return c_skip.float().to(x.device).reshape(view) * x_vp + c_out.float().to(x.device).reshape(view) * x0_hat
+
+        def model(x_vp, t):
+            eps = self.unet(x_vp.to(dev), t.float().to(dev), encoder_hidden_states=cond.embeds.to(dev),
+                            added_cond_kwargs={"text_embeds": cond.pooled.to(dev), "time_ids": cond.time_ids.to(dev)}).sample
+            return eps.float().to(x_vp.device)
+
+        return lcm_consistency(x.float(), sigma, model, self.log_sigmas, self.prediction, PAPER)
 
 
 def save_lora(peft_unet, folder) -> None:

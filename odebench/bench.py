@@ -1,7 +1,6 @@
 """`odebench run`: reference solutions, student samples from the same noise, metrics, result files."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,9 +13,10 @@ from odebench.conditions import Conditions
 from odebench.errors import OdebenchError
 from odebench.ode.spec import SolverSpec
 from odebench.progress import Progress
-from odebench.teachers.base import Guidance, Teacher
+from odebench.teachers.base import DECODES, TEXT, Guidance, Teacher
 
 FLOOR_FACTOR = 10.0  # a student error within this factor of the reference floor is flagged
+NON_FINITE_OUTPUT = "non-finite-student-output"
 
 
 @dataclass
@@ -56,7 +56,7 @@ class RunConfig:
                 continue
             if not isinstance(v, int) or v < 1:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a positive integer, got {v!r}")
-        for attr in ("curve_points", "curve_samples", "floor_samples"):
+        for attr in ("curve_points", "curve_samples", "floor_samples", "fd_bootstrap"):
             v = getattr(self, attr)
             if not isinstance(v, int) or v < 0:
                 raise OdebenchError(f"--{attr.replace('_', '-')} must be a non-negative integer, got {v!r}")
@@ -77,18 +77,16 @@ class RunOutcome:
 
 
 def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
-    """The run's teacher, conditioning and where they came from (flag, student sidecar, default)."""
-    from odebench.students.load import checkpoint_sidecar, is_checkpoint_spec, is_external_spec
+    """The run's teacher, conditioning and where they came from (flag, a student file's declaration, default)."""
+    from odebench.students.kinds import declared_ode
     from odebench.teachers import DEFAULT_TEACHER, load_teacher
 
     teacher_spec, guidance, conditional, origin = config.teacher, None, None, "flag"
-    ckpts = [s for s in config.students if is_checkpoint_spec(s) and not is_external_spec(s)]
-    if ckpts:
-        _, side = checkpoint_sidecar(ckpts[0])
-        if teacher_spec is None:
-            teacher_spec, origin = side["teacher"].get("spec") or side["teacher"].get("name"), f"student {ckpts[0]}"
-        guidance = Guidance.from_dict(side["guidance"])
-        conditional = bool(side.get("conditional", False))
+    declared = declared_ode(config.students)
+    if declared is not None:
+        if teacher_spec is None and declared.teacher is not None:
+            teacher_spec, origin = declared.teacher, declared.source
+        guidance, conditional = declared.guidance, declared.conditional
     if teacher_spec is None:
         teacher_spec, origin = DEFAULT_TEACHER, "default"
     teacher = load_teacher(teacher_spec, **config.teacher_options)
@@ -110,17 +108,17 @@ def _resolve_teacher(config: RunConfig) -> tuple[Teacher, bool, str]:
 
 def _set_prompts(teacher: Teacher, config: RunConfig) -> None:
     """Text-conditioned teachers get the run's prompt list; other teachers refuse prompt flags."""
-    if hasattr(teacher, "set_prompts"):
+    if teacher.has(TEXT):
         from odebench.prompts import load_prompts
 
         teacher.set_prompts(load_prompts(config.prompts, config.prompt_column))
     elif config.prompts is not None or config.prompt_column is not None:
-        raise OdebenchError(f"--prompts applies to text-conditioned teachers (sdxl), not {teacher.name!r}")
+        raise OdebenchError(f"--prompts applies to text-conditioned teachers, not {teacher.name!r}")
 
 
 def _conditions(teacher: Teacher, conditional: bool) -> Conditions:
     """Prompt i mod P for text-conditioned teachers, label i mod C for class-conditional ones."""
-    if conditional and getattr(teacher, "prompts", None):
+    if conditional and teacher.has(TEXT):
         from odebench.conditions import PromptConditions
 
         return PromptConditions(teacher.prompts)
@@ -129,16 +127,19 @@ def _conditions(teacher: Teacher, conditional: bool) -> Conditions:
 
 def _declared_ddim100(students) -> str | None:
     """The DDIM-100 timestep mode the students were distilled on, when their sidecars declare one and agree."""
-    declared = {(getattr(s, "trained_for", None) or {}).get("ode", {}).get("ddim100_timesteps") for s in students}
+    declared = {(s.trained_for or {}).get("ode", {}).get("ddim100_timesteps") for s in students}
     declared.discard(None)
     return declared.pop() if len(declared) == 1 else None
 
 
 def _ddim100_teacher(teacher: Teacher, config: RunConfig, students=()) -> tuple[Teacher, str]:
     """The teacher the DDIM-100 reference runs on, and how its UNet timesteps are chosen."""
+    from odebench.teachers.family import family_of
+
     mode = config.ddim100_timesteps
     if mode == "auto":
-        mode = _declared_ddim100(students) or ("paper" if getattr(teacher, "paper_timestep_shift", 0.0) else "sigma")
+        grid = family_of(teacher).paper_grid
+        mode = _declared_ddim100(students) or (grid.unet_timesteps if grid is not None else "sigma")
     if mode == "paper":
         return teacher.with_timestep_shift(1.0), "UNet given the integer t, abar at t-1 (the released code)"
     return teacher, "UNet at t-1, consistent with sigma"
@@ -162,10 +163,13 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
                     dist=None, cache=None) -> torch.Tensor | None:
     """Samples of indices [0, n) in batches [lo, lo + batch_size); sharded over ranks by whole batches
     (so each batch is the single-process one) and gathered on rank 0 (None on other ranks). Students
-    with a `cache_identity` (the solver rows: deterministic functions of the teacher) are memoized."""
+    that declare a `cache_identity` (the solver rows: deterministic functions of the teacher) are memoized."""
     from odebench.distributed import Single
     from odebench.ode.cache import memoized
+    from odebench.ode.noise import SampleNoise
     from odebench.ode.trajectories import initial_state
+
+    identity = student.cache_identity(steps) if cache is not None else None
 
     def shard(indices: range) -> torch.Tensor:
         outs = []
@@ -174,10 +178,9 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
             x_start = initial_state(teacher, noise, idx, dtype)
             cond = conditions.tensor(idx)
             compute = lambda x_start=x_start, cond=cond, idx=idx: student.sample(  # noqa: E731
-                x_start, cond, lambda s: noise.draw(idx, s, dtype), steps)
-            if cache is not None and hasattr(student, "cache_identity"):
-                outs.append(memoized(cache, {**student.cache_identity(steps), "cond": conditions.key(idx)},
-                                     {"x": x_start}, compute))
+                x_start, cond, SampleNoise(noise, idx, dtype), steps)
+            if identity is not None:
+                outs.append(memoized(cache, {**identity, "cond": conditions.key(idx)}, {"x": x_start}, compute))
             else:
                 outs.append(compute())
             advance(len(idx))
@@ -185,6 +188,11 @@ def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, a
 
     parts = (dist or Single()).run(shard, n, batch_size)
     return torch.cat(parts) if parts is not None else None
+
+
+def _non_finite(x: torch.Tensor) -> int:
+    """How many samples hold an inf or nan anywhere."""
+    return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
 
 
 def _curve(student, ref, conditions, m: int, cache=None) -> dict | None:
@@ -195,16 +203,289 @@ def _curve(student, ref, conditions, m: int, cache=None) -> dict | None:
     if m == 0:
         return None
     cond = conditions.tensor(range(m))
+    identity = student.cache_identity() if cache is not None else None
 
     def at(j: int, s: float) -> torch.Tensor:
         x = ref.traj[j, :m]
-        if cache is None or not hasattr(student, "cache_identity"):
+        if identity is None:
             return student(x, s, cond)
-        return memoized(cache, {**student.cache_identity(), "call": "consistency", "sigma": s, "cond": conditions.key(range(m))},
+        return memoized(cache, {**identity, "call": "consistency", "sigma": s, "cond": conditions.key(range(m))},
                         {"x": x}, lambda: student(x, s, cond))
 
     outs = [at(j, float(s)) for j, s in enumerate(ref.curve_sigmas)]
     return error_curve(outs, ref.x0[:m], ref.curve_sigmas)
+
+
+# -- the run as named stages: plan -> references -> per student: sample, score -> write -------------
+
+@dataclass
+class Plan:
+    """Everything decided before any solving: the teacher ODE, the students, the samples and their noise."""
+
+    teacher: Teacher
+    conditional: bool
+    teacher_origin: str
+    spec: SolverSpec  # the reference solve: dtype resolved, tolerances raised to the drift's precision
+    requested: SolverSpec  # the reference the user asked for (--method/--rtol/--atol/...)
+    drift_delta: float  # the drift's measured relative rounding noise (odebench.ode.precision)
+    tolerance_note: str | None  # one line when the tolerances were raised
+    rows: list  # (student, mismatch note)
+    names: list[str]  # run directory per row
+    n: int
+    noise: Any  # NoiseBank
+    conditions: Conditions
+    cache: Any  # TrajectoryCache
+    curve_sigmas: torch.Tensor
+    dtype: torch.dtype
+    quality: Any  # the family's quality scorer (rank 0), or None
+
+
+@dataclass
+class References:
+    """The shared references every student is scored against (full on rank 0; None fields elsewhere)."""
+
+    ref: Any  # ReferenceSet
+    floor: dict | None  # odebench.ode.floor.reference_floor, its parts included
+    floor_seconds: float  # the floor's re-solves (a timing, kept out of the floor's reproducible numbers)
+    ddim100: torch.Tensor | None
+    ddim100_info: dict | None
+    identity: str  # what `ode_mse@ref` is measured against
+
+
+@dataclass
+class Sampled:
+    x0: torch.Tensor | None  # gathered samples (rank 0)
+    nfe_per_sample: Any
+    teacher_passes: int
+    seconds: float
+    ksteps: dict  # k -> samples with k steps (variable-step students)
+
+
+@dataclass
+class Scored:
+    metrics: dict
+    curve: dict | None
+    spectrum: dict | None  # radially averaged spectra of the error, samples and reference (image states)
+    extras: dict
+    per_sample: dict  # per-sample quality scores and spectral diagnostics, by tensor name
+    flags: list[str]
+    curve_seconds: float
+    quality_seconds: float
+
+
+def plan(config: RunConfig, dist, progress: Progress) -> Plan:
+    """Stage 1: teacher, conditioning, reference spec, students and run names; the quality scorer (a
+    requested metric without weights fails here, before any solving); then the reference's tolerances
+    raised to what the drift's measured precision allows (a short cached probe)."""
+    from odebench.ode.cache import TrajectoryCache
+    from odebench.ode.grids import karras_sigmas
+    from odebench.ode.noise import NoiseBank
+    from odebench.ode.precision import effective_spec
+    from odebench.ode.reference import DTYPE
+    from odebench.students.kinds import default_rows, load_student
+    from odebench.teachers.family import family_of
+
+    def setup():
+        if dist.is_main:  # rank 0 writes: an unwritable --out fails now, not after the solving
+            from odebench.fileio import check_writable_dir
+
+            check_writable_dir(Path(config.out))
+        teacher, conditional, teacher_origin = _resolve_teacher(config)
+        spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
+        specs = config.students or default_rows(teacher, family_of(teacher).rows(teacher))
+        loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch, config.student_guidance,
+                               config.student_convention) for s in specs]
+        return teacher, conditional, teacher_origin, spec, loaded, _run_names(config, [s for s, _ in loaded])
+
+    # a failure on any rank fails every rank here, before any rank waits on another
+    teacher, conditional, teacher_origin, spec, loaded, names = dist.check(setup)
+    n = config.samples if config.samples is not None else teacher.default_samples
+    noise = NoiseBank(config.seed, teacher.shape)
+    conditions = _conditions(teacher, conditional)
+    cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
+    cache_note = cache.check_writable()  # a file in the way is an error now, not after the first solve
+    if cache_note:
+        progress.log(cache_note)
+    curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
+        if config.curve_points else torch.empty(0, dtype=torch.float64)
+    # built before any solving (rank 0 scores): an explicitly requested metric without weights fails at once
+    quality = dist.check(lambda: family_of(teacher).quality(teacher, conditions, config.seed, n, config.metrics,
+                                                            config.metric_weights, teacher.device, config.fd_bootstrap)
+                         if dist.is_main else None)
+    # tolerances no tighter than the drift's measured precision allows (deterministic and cached: every rank agrees)
+    requested = spec
+    spec, drift_delta, tolerance_note = effective_spec(teacher, spec, noise, conditions, cache)
+    for student, _ in loaded:
+        if student.is_oracle:
+            student.solver = spec  # the ref row describes (and its curve solves) the reference as solved
+    return Plan(teacher, conditional, teacher_origin, spec, requested, drift_delta, tolerance_note, loaded, names, n, noise,
+                conditions, cache, curve_sigmas, DTYPE[spec.dtype], quality)
+
+
+def references(p: Plan, config: RunConfig, progress: Progress, dist) -> References:
+    """Stage 2: the converged reference, its floor (solver and precision parts, odebench.ode.floor) and,
+    for families with a paper grid, the DDIM reference on it; each rank solves its whole chunks, rank 0
+    gets them all."""
+    from odebench.ode.floor import reference_floor
+    from odebench.ode.trajectories import reference_set, merge_reference_sets
+    from odebench.teachers.family import family_of
+
+    teacher, spec, noise, conditions, cache, n = p.teacher, p.spec, p.noise, p.conditions, p.cache, p.n
+    merged = lambda parts, merge: merge(parts) if parts is not None else None  # noqa: E731
+    with progress.task("reference ODE", len(dist.shard(n, spec.batch))) as advance:
+        ref = merged(dist.run(lambda idx: reference_set(teacher, spec, noise, conditions, len(idx), cache, p.curve_sigmas,
+                                                        start=idx.start, progress=advance), n, spec.batch),
+                     merge_reference_sets)
+    m_floor = min(config.floor_samples, n)
+    floor = None
+    if m_floor:
+        def floor_solve(t, s, m, label):
+            """One of the floor's re-solves (every rank its whole chunks): the first m endpoints and the NFE per sample."""
+            with progress.task(f"reference floor: {label} ({s.rtol:g})", len(dist.shard(m, s.batch))) as advance:
+                part = merged(dist.run(lambda idx: reference_set(t, s, noise, conditions, len(idx), cache,
+                                                                 torch.empty(0, dtype=torch.float64), start=idx.start,
+                                                                 progress=advance), m, s.batch), merge_reference_sets)
+            return None if part is None else (part.x0, part.nfe_per_sample)
+
+        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve, p.drift_delta)
+    floor_seconds = floor.pop("seconds") if floor is not None else 0.0  # a timing: the floor's numbers stay bitwise reproducible
+
+    ddim100, ddim100_info = None, None
+    grid = family_of(teacher).paper_grid
+    if grid is not None:  # discrete families: also the paper's DDIM-100 reference
+        from odebench.ode.trajectories import GRID_BATCH, grid_reference_set, merge_grid_references
+
+        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config, [s for s, _ in p.rows])
+        with progress.task("DDIM-100 reference (paper)", len(dist.shard(n, GRID_BATCH))) as advance:
+            ddim100, ddim100_info = merged(dist.run(lambda idx: grid_reference_set(
+                ddim_teacher, noise, conditions, len(idx), cache, grid.n, grid.solver, progress=advance, start=idx.start),
+                n, GRID_BATCH), merge_grid_references) or (None, None)
+        if ddim100_info is not None:
+            ddim100_info["unet_timesteps"] = ddim_timesteps
+    network = f"; network {teacher.network_dtype}" if teacher.network_dtype else ""
+    identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}{network}; guidance {teacher.guidance.describe()}"
+    return References(ref, floor, floor_seconds, ddim100, ddim100_info, identity)
+
+
+def sample(p: Plan, student, refs: References, config: RunConfig, progress: Progress, dist) -> Sampled:
+    """Stage 3 (every rank): the student's samples from the run's noise, and its k-step samples."""
+    t0 = time.perf_counter()
+    before = p.teacher.counter.snapshot()
+    if student.is_oracle:
+        x0, nfe = (refs.ref.x0, refs.ref.nfe_per_sample) if dist.is_main else (None, None)
+    else:
+        with progress.task(f"{student.name} samples", len(dist.shard(p.n, config.batch_size))) as advance:
+            x0 = _sample_student(student, p.teacher, p.noise, p.conditions, p.n, config.batch_size, p.dtype, advance, dist=dist,
+                                 cache=p.cache)
+        nfe = student.nfe()
+    seconds = time.perf_counter() - t0
+    passes = dist.sum(p.teacher.counter.since(before).passes)
+    # k-step samples are sampled by every rank; everything after them is rank 0's alone
+    xks = {k: _sample_student(student, p.teacher, p.noise, p.conditions, p.n, config.batch_size, p.dtype,
+                              lambda k_=1: None, steps=k, dist=dist, cache=p.cache)
+           for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
+    return Sampled(x0, nfe, passes, seconds, xks)
+
+
+def score(p: Plan, student, note: str | None, refs: References, s: Sampled, config: RunConfig,
+          progress: Progress) -> Scored:
+    """Stage 4 (rank 0): ODE errors against both references, k-step errors, the per-sigma curve,
+    the family's quality metrics, and the flags."""
+    from odebench.metrics.ode_error import ode_error_metrics
+    from odebench.metrics.registry import value
+    from odebench.students.kinds import DESCRIPTIVE_KINDS
+
+    teacher, ref, n = p.teacher, refs.ref, p.n
+    # a diverged student: its metrics are null (a NaN mean), never averaged over its finite samples
+    bad_samples = {"": _non_finite(s.x0), **{f"[k={k}]": _non_finite(xk) for k, xk in s.ksteps.items()}}
+    metrics = ode_error_metrics(s.x0, ref.x0, refs.identity)
+    if refs.ddim100 is not None:
+        d100 = ode_error_metrics(s.x0, refs.ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid "
+                                 f"({refs.ddim100_info['unet_timesteps']}), same noise; "
+                                 f"teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}")
+        metrics["ode_mse@ddim100"] = value("ode_mse@ddim100", d100["ode_mse@ref"].value, d100["ode_mse@ref"].stderr,
+                                           d100["ode_mse@ref"].identity, n)
+    for k, xk in s.ksteps.items():
+        kstep = ode_error_metrics(xk, ref.x0, refs.identity + f"; student sampled with k={k}", suffix=f"[k={k}]")
+        metrics.update({k_: v for k_, v in kstep.items() if k_.startswith("ode_mse")})
+    t1 = time.perf_counter()
+    # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
+    curve = None if student.is_oracle or not student.curve else _curve(student, ref, p.conditions, min(config.curve_samples, n), p.cache)
+    if curve is not None:
+        # the levels share their samples, so the stderr of the mean over levels is at most the mean stderr
+        metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
+                                                  float(sum(curve["stderr"]) / len(curve["stderr"])),
+                                                  refs.identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
+    spectrum, per_sample = None, {}
+    if len(teacher.shape) == 3:  # image-shaped states: the ODE error by frequency band, and a blur indicator
+        from odebench.metrics.spectral import spectral_diagnostics
+
+        sm, spectrum, per_sample = spectral_diagnostics(s.x0, ref.x0, refs.identity)
+        metrics.update(sm)
+    t_curve = time.perf_counter() - t1
+    extras: dict[str, Any] = {}
+    t2 = time.perf_counter()
+    if p.quality is not None and bad_samples[""]:
+        extras["quality_skipped"] = "the student's samples are not all finite"
+    elif p.quality is not None:
+        with progress.task(f"{student.name} quality metrics", 1) as advance:
+            qm, extras, quality_per_sample = p.quality.score(s.x0, ref.x0)
+            advance(1)
+        metrics.update(qm)
+        # per-sample quality scores, for reports that set ODE error against quality sample by sample
+        per_sample.update({f"quality.{k}": v for k, v in quality_per_sample.items()})
+    t_quality = time.perf_counter() - t2
+    flags = []
+    mse = metrics["ode_mse@ref"].value
+    if refs.floor is not None and not student.is_oracle and mse < FLOOR_FACTOR * refs.floor["ode_mse"]:
+        parts = refs.floor["parts"]
+        flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {refs.floor['ode_mse']:.3g} "
+                     f"(solver {parts['solver']['ode_mse']:.2g} + precision {parts['precision']['ode_mse']:.2g}); "
+                     "tighten the reference (--rtol/--atol) or raise the network precision (--dtype)")
+    if p.tolerance_note:
+        flags.append(f"reference-tolerance-raised: {p.tolerance_note}")
+    if note:
+        flags.append(f"teacher-mismatch: {note}")
+    if student.kind in DESCRIPTIVE_KINDS:
+        flags.append(f"descriptive-ode-error: {student.name} is a {student.kind} student (trained to match the data "
+                     f"distribution, not to solve the teacher's ODE); its ODE error describes it, it does not grade it")
+    flags += [f"{NON_FINITE_OUTPUT}{k}: {b}/{n} samples are inf/nan; their ODE-error metrics are null"
+              + ("" if k or p.quality is None else " and quality metrics were not computed") for k, b in bad_samples.items() if b]
+    return Scored(metrics, curve, spectrum, extras, per_sample, flags, t_curve, t_quality)
+
+
+def write(p: Plan, student, name: str, refs: References, s: Sampled, sc: Scored, config: RunConfig,
+          command: list[str] | None, t_start: float, dist) -> RunOutcome:
+    """Stage 5 (rank 0): result.json (odebench.results owns its schema), per-sample tensors, the sample grid."""
+    from odebench.metrics.ode_error import per_sample_se
+    from odebench.results import build_result, finite_result, write_run
+
+    teacher, n = p.teacher, p.n
+    result = build_result(
+        name=name, command=command if command is not None else sys.argv,
+        teacher={**teacher.describe(), "origin": p.teacher_origin}, student=student.describe(),
+        conditioning=p.conditions.describe(), samples=n, seeds=p.noise.describe(), solver=p.spec, floor=refs.floor,
+        requested_solver=p.requested, drift_precision=p.drift_delta, network_dtype=teacher.network_dtype,
+        ddim100=refs.ddim100_info if refs.ddim100 is not None else None, ref=refs.ref,
+        nfe={"student_per_sample": s.nfe_per_sample, "student_teacher_passes": s.teacher_passes},
+        metrics=sc.metrics, curve=sc.curve, spectrum=sc.spectrum, extras=sc.extras, flags=sc.flags,
+        timings={"sample_s": s.seconds, "curve_s": sc.curve_seconds, "quality_s": sc.quality_seconds,
+                 "reference_s": refs.ref.seconds, "floor_s": refs.floor_seconds, "total_s": time.perf_counter() - t_start},
+        distributed=dist.describe())
+    tensors = {"ode_se": torch.from_numpy(per_sample_se(s.x0, refs.ref.x0)), "samples": s.x0.float()}
+    tensors.update({k: torch.as_tensor(v, dtype=torch.float64) for k, v in sc.per_sample.items()})
+    labels = p.conditions.tensor(range(n))
+    if labels is not None:
+        tensors["labels"] = labels
+    grid = None
+    if teacher.has(DECODES):  # image domains: a sample grid, one column per label
+        from odebench.images import save_grid
+
+        images = teacher.decode(s.x0[:min(n, teacher.grid_count)])
+        grid = lambda d, images=images: save_grid(images, d / "samples.png", nrow=10, scale=teacher.grid_scale)  # noqa: E731
+    result = finite_result(result)  # inf/nan anywhere (curves, extras, floor) -> null plus a flag
+    path = write_run(Path(config.out), name, result, tensors, grid)
+    return RunOutcome(name, path, result)
 
 
 def run(config: RunConfig, progress: Progress | None = None, command: list[str] | None = None) -> list[RunOutcome]:
@@ -213,176 +494,18 @@ def run(config: RunConfig, progress: Progress | None = None, command: list[str] 
     Under a multi-process launch every rank calls this: each computes its shard of every stage,
     rank 0 scores and writes and returns the outcomes, other ranks return [] (odebench.distributed)."""
     from odebench.distributed import current
-    from odebench.metrics.ode_error import ode_error_metrics, per_sample_se
-    from odebench.metrics.registry import value
-    from odebench.metrics.stats import mean_stderr
-    from odebench.ode.cache import TrajectoryCache
-    from odebench.ode.grids import karras_sigmas
-    from odebench.ode.floor import reference_floor
-    from odebench.ode.noise import NoiseBank
-    from odebench.ode.precision import effective_spec
-    from odebench.ode.reference import DTYPE
-    from odebench.ode.trajectories import merge_reference_sets, reference_set
-    from odebench.quality import quality_for
-    from odebench.results import SCHEMA, environment, write_run
-    from odebench.students.load import load_student
 
     t_start = time.perf_counter()
     dist = current()  # Single() unless launched as several processes (odebench.distributed)
     progress = (progress or Progress()) if dist.is_main else Progress()  # bars on rank 0 only
     config.validate()
-
-    def setup():
-        teacher, conditional, teacher_origin = _resolve_teacher(config)
-        spec = config.solver.resolved("float64" if teacher.default_dtype == torch.float64 else "float32")
-        loaded = [load_student(s, teacher, spec, conditional, config.allow_mismatch, config.student_guidance,
-                               config.student_convention) for s in (config.students or teacher.default_students)]
-        return teacher, conditional, teacher_origin, spec, loaded, _run_names(config, [s for s, _ in loaded])
-
-    # a failure on any rank fails every rank here, before any rank waits on another
-    teacher, conditional, teacher_origin, spec, loaded, names = dist.check(setup)
-    n = config.samples if config.samples is not None else teacher.default_samples
-
-    noise = NoiseBank(config.seed, teacher.shape)
-    conditions = _conditions(teacher, conditional)
-    cache = TrajectoryCache(config.cache_dir, enabled=config.use_cache)
-    curve_sigmas = karras_sigmas(config.curve_points + 2, teacher.sigma_min, teacher.sigma_max)[1:-1] \
-        if config.curve_points else torch.empty(0, dtype=torch.float64)
-    dtype = DTYPE[spec.dtype]
-
-    # built before any solving (rank 0 scores): an explicitly requested metric without weights fails at once
-    quality = dist.check(lambda: quality_for(teacher, conditions, config.seed, n, config.metrics, config.metric_weights,
-                                             getattr(teacher, "device", None), config.fd_bootstrap) if dist.is_main else None)
-    # tolerances no tighter than the drift's measured precision allows (odebench.ode.precision)
-    spec, drift_delta, tolerance_note = effective_spec(teacher, spec, noise, conditions, cache)
-    for student, _ in loaded:
-        if getattr(student, "is_reference", False):
-            student.solver = spec  # the ref row describes the reference as solved
-    # each stage runs on this rank's whole reference chunks / batches; ranks > 0 get None back
-    merged = lambda parts, merge: merge(parts) if parts is not None else None  # noqa: E731
-    with progress.task("reference ODE", len(dist.shard(n, spec.batch))) as advance:
-        ref = merged(dist.run(lambda idx: reference_set(teacher, spec, noise, conditions, len(idx), cache, curve_sigmas,
-                                                        start=idx.start, progress=advance), n, spec.batch),
-                     merge_reference_sets)
-    m_floor = min(config.floor_samples, n)
-    floor = None
-    if m_floor:
-        def floor_solve(t, s, m, label):
-            with progress.task(f"reference floor: {label} ({s.rtol:g})", len(dist.shard(m, s.batch))) as advance:
-                part = merged(dist.run(lambda idx: reference_set(t, s, noise, conditions, len(idx), cache, torch.empty(0, dtype=torch.float64),
-                                                                 start=idx.start, progress=advance), m, s.batch), merge_reference_sets)
-            return None if part is None else (part.x0, part.nfe_per_sample)
-
-        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve, drift_delta)
-    floor_s = floor.pop("seconds") if floor is not None else 0.0  # with the timings: the floor's numbers stay bitwise reproducible
-
-    ddim100 = None
-    if hasattr(teacher, "num_timesteps"):  # discrete teachers: also the paper's DDIM-100 reference
-        from odebench.ode.trajectories import GRID_BATCH, grid_reference_set, merge_grid_references
-
-        ddim_teacher, ddim_timesteps = _ddim100_teacher(teacher, config, [s for s, _ in loaded])
-        with progress.task("DDIM-100 reference (paper)", len(dist.shard(n, GRID_BATCH))) as advance:
-            ddim100, ddim100_info = merged(dist.run(lambda idx: grid_reference_set(
-                ddim_teacher, noise, conditions, len(idx), cache, progress=advance, start=idx.start), n, GRID_BATCH),
-                merge_grid_references) or (None, None)
-        if ddim100_info is not None:
-            ddim100_info["unet_timesteps"] = ddim_timesteps
-
-    network = f"; network {teacher.network_dtype}" if teacher.network_dtype else ""
-    ref_identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}{network}; guidance {teacher.guidance.describe()}"
+    p = plan(config, dist, progress)
+    refs = references(p, config, progress, dist)
     outcomes = []
-    for (student, note), name in zip(loaded, names):
-        t0 = time.perf_counter()
-        before = teacher.counter.snapshot()
-        if getattr(student, "is_reference", False):
-            x0, student_nfe = (ref.x0, ref.nfe_per_sample) if dist.is_main else (None, None)
-        else:
-            with progress.task(f"{student.name} samples", len(dist.shard(n, config.batch_size))) as advance:
-                x0 = _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, advance, dist=dist,
-                                     cache=cache)
-            student_nfe = student.nfe()
-        t_sample = time.perf_counter() - t0
-        sample_passes = dist.sum(teacher.counter.since(before).passes)
-        # k-step samples are sampled by every rank; everything after them is rank 0's alone
-        xks = {k: _sample_student(student, teacher, noise, conditions, n, config.batch_size, dtype, lambda k_=1: None,
-                                  steps=k, dist=dist, cache=cache)
-               for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
+    for (student, note), name in zip(p.rows, p.names):
+        sampled = sample(p, student, refs, config, progress, dist)
         if not dist.is_main:
             continue
-        metrics = ode_error_metrics(x0, ref.x0, ref_identity)
-        if ddim100 is not None:
-            d100 = ode_error_metrics(x0, ddim100, f"teacher DDIM on the paper's 1-indexed 100-point grid ({ddim_timesteps}), same noise; "
-                                     f"teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}")
-            metrics["ode_mse@ddim100"] = value("ode_mse@ddim100", d100["ode_mse@ref"].value, d100["ode_mse@ref"].stderr,
-                                               d100["ode_mse@ref"].identity, n)
-        kstep = {}
-        for k, xk in xks.items():
-            kstep[k] = ode_error_metrics(xk, ref.x0, ref_identity + f"; student sampled with k={k}", suffix=f"[k={k}]")
-            metrics.update({k_: v for k_, v in kstep[k].items() if k_.startswith("ode_mse")})
-        t1 = time.perf_counter()
-        # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
-        curve = None if getattr(student, "is_reference", False) else _curve(student, ref, conditions, min(config.curve_samples, n), cache)
-        if curve is not None:
-            metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
-                                                      None, ref_identity + f"; mean over {len(curve['sigma'])} karras sigmas", curve["n"])
-        t_curve = time.perf_counter() - t1
-        extras: dict[str, Any] = {}
-        per_sample_quality: dict[str, Any] = {}
-        t2 = time.perf_counter()
-        if quality is not None:
-            with progress.task(f"{student.name} quality metrics", 1) as advance:
-                qm, extras, per_sample_quality = quality.score(x0, ref.x0)
-                advance(1)
-            metrics.update(qm)
-        t_quality = time.perf_counter() - t2
-        flags = []
-        mse = metrics["ode_mse@ref"].value
-        if floor is not None and not getattr(student, "is_reference", False) and mse < FLOOR_FACTOR * floor["ode_mse"]:
-            flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {floor['ode_mse']:.3g} "
-                         f"(solver {floor['parts']['solver']['ode_mse']:.2g} + precision {floor['parts']['precision']['ode_mse']:.2g}); "
-                         "tighten the reference (--rtol/--atol) or raise the network precision (--dtype)")
-        if tolerance_note:
-            flags.append(f"reference-tolerance-raised: {tolerance_note}")
-        if note:
-            flags.append(f"teacher-mismatch: {note}")
-        result = {
-            "schema": SCHEMA,
-            "name": name,
-            "command": command if command is not None else sys.argv,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "teacher": {**teacher.describe(), "origin": teacher_origin},
-            "student": student.describe(),
-            "conditioning": conditions.describe(),
-            "samples": n,
-            "seeds": {**noise.describe(), "exact_samples": "stream_seed(seed, -1, 0)"},
-            "reference": {"solver": spec.to_dict(), "description": spec.describe(), "floor": floor,
-                          "requested_solver": config.solver.to_dict(), "drift_precision": drift_delta,
-                          "network_dtype": teacher.network_dtype,
-                          "ddim100": ddim100_info if ddim100 is not None else None,
-                          "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
-            "nfe": {"student_per_sample": student_nfe, "student_teacher_passes": sample_passes,
-                    "reference": ref.nfe_summary()},
-            "metrics": {k: v.to_dict() for k, v in metrics.items()},
-            "curves": {"ode_mse_vs_sigma": curve} if curve is not None else {},
-            "extras": extras,
-            "flags": flags,
-            "timings": {"sample_s": t_sample, "curve_s": t_curve, "quality_s": t_quality,
-                        "reference_s": ref.seconds, "floor_s": floor_s, "total_s": time.perf_counter() - t_start},
-            "environment": {**environment(), **dist.describe()},
-        }
-        tensors = {"ode_se": torch.from_numpy(per_sample_se(x0, ref.x0)), "samples": x0.float()}
-        # per-sample quality scores, for reports that set ODE error against quality sample by sample
-        tensors.update({f"quality.{k}": torch.as_tensor(v, dtype=torch.float64) for k, v in per_sample_quality.items()})
-        labels = conditions.tensor(range(n))
-        if labels is not None:
-            tensors["labels"] = labels
-        grid = None
-        if hasattr(teacher, "decode"):  # image domains: a sample grid, one column per label
-            from odebench.images import save_grid
-
-            images = teacher.decode(x0[:min(n, getattr(teacher, "grid_count", 100))])
-            grid = lambda d, images=images: save_grid(images, d / "samples.png", nrow=10,  # noqa: E731
-                                                      scale=getattr(teacher, "grid_scale", 4))
-        path = write_run(Path(config.out), name, result, tensors, grid)
-        outcomes.append(RunOutcome(name, path, result))
+        scored = score(p, student, note, refs, sampled, config, progress)
+        outcomes.append(write(p, student, name, refs, sampled, scored, config, command, t_start, dist))
     return outcomes

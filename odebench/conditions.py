@@ -25,6 +25,10 @@ class Conditions:
             return None
         return torch.as_tensor(list(indices), dtype=torch.long) % self.num_classes
 
+    def texts(self, indices) -> list[str] | None:
+        """The prompts of these samples (None: not text-conditioned)."""
+        return None
+
     def key(self, indices) -> Any:
         """What the cache key records: the labels themselves."""
         t = self.tensor(indices)

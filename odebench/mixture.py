@@ -68,6 +68,26 @@ class GaussianMixture:
         comp_mean = mu[None] + shrink * (x[:, None, :] - mu[None])
         return torch.einsum("bk,bkd->bd", gamma, comp_mean)
 
+    def flow_posterior_mean(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x0 | x_t] under the rectified-flow process x_t = (1 - t) x0 + t z, exact for a mixture, t in [0, 1].
+
+        Per component x_t ~ N((1 - t) mu_k, (1 - t)^2 s_k^2 + t^2) and E[x0 | x_t, k] = mu_k + (1 - t) s_k^2
+        ((1 - t)^2 s_k^2 + t^2)^-1 (x_t - (1 - t) mu_k), weighted by the responsibilities; finite at t = 1
+        (pure noise: the prior mean of the allowed components), where the VE form x = x_t/(1 - t) is not."""
+        a = (1 - t).reshape(-1, 1, 1)
+        b2 = t.reshape(-1, 1, 1) ** 2
+        s2 = self.stds.to(x) ** 2
+        mu = self.means.to(x)
+        var = a ** 2 * s2 + b2  # (B, K, d)
+        diff = x[:, None, :] - a * mu[None]
+        log_n = -0.5 * ((diff ** 2) / var + torch.log(2 * math.pi * var)).sum(-1)
+        log_w = torch.log(self.weights.to(x))[None].expand_as(log_n)
+        if mask is not None:
+            log_w = log_w.masked_fill(~mask, float("-inf"))
+        gamma = torch.softmax(log_w + log_n, dim=1)
+        comp_mean = mu[None] + a * s2 / var * diff
+        return torch.einsum("bk,bkd->bd", gamma, comp_mean)
+
     def responsibilities(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior component probabilities at sigma = 0: (B, K)."""
         return torch.softmax(self.component_log_prob(x, 0.0, mask), dim=1)

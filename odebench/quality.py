@@ -1,4 +1,5 @@
-"""Which quality metrics a domain gets, and the reference data they compare against."""
+"""Quality scorers and the reference data they compare against; a teacher family picks its scorer
+(TeacherFamily.quality in odebench.teachers.family)."""
 from __future__ import annotations
 
 from typing import Any
@@ -68,7 +69,8 @@ class DigitsQuality:
         if self._teacher_features is None:
             self._teacher_features = self.features(self.teacher.decode(reference))
         metrics = distribution_metrics(feats, self.real, "digits", self.features.identity, "real", self.REAL)
-        metrics.update(distribution_metrics(feats, self._teacher_features, "digits", self.features.identity, "teacher", self.TEACHER))
+        metrics.update(distribution_metrics(feats, self._teacher_features, "digits", self.features.identity, "teacher",
+                                            self.TEACHER, paired=True))
         per_sample: dict[str, np.ndarray] = {}
         if self.labels is not None:
             per_sample = label_scores(images, self.labels.numpy())
@@ -78,22 +80,9 @@ class DigitsQuality:
         return metrics, extras, per_sample
 
 
-def quality_for(teacher: Teacher, conditions: Conditions, seed: int, n: int, metrics: str = "auto",
-                weights: dict[str, Any] | None = None, device=None, fd_bootstrap: int = 10):
-    """The quality scorer for this teacher's domain, or None if it has none; `metrics` and `weights`
-    select the real-weight image metrics of text-to-image teachers (see ImageQuality)."""
-    if hasattr(teacher, "set_prompts"):  # text-to-image (SDXL)
-        return ImageQuality(teacher, conditions, n, metrics, weights, device, fd_bootstrap)
-    if hasattr(teacher, "mixture"):
-        return MixtureQuality(teacher, conditions, seed, n)
-    if teacher.name == "digits":
-        return DigitsQuality(teacher, conditions, n)
-    return None
-
-
-IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic")
+IMAGE_METRICS = ("fid", "fd_dinov2", "clip_score", "aesthetic", "cmmd")
 METRICS_HELP = ("auto: every image metric whose weights are found (the others are listed as skipped, with why); "
-                "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic (each required)")
+                "ode: ODE error only; or a comma list of fid,fd_dinov2,clip_score,aesthetic,cmmd (each required)")
 
 
 def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
@@ -111,9 +100,10 @@ def parse_metric_selection(selection: str) -> tuple[str, tuple[str, ...]]:
 
 
 class ImageQuality:
-    """Text-to-image domains (SDXL): latents decoded to uint8 images in memory; FID and FD-DINOv2
+    """Text-to-image families (SDXL, SD): latents decoded to uint8 images in memory; FID and FD-DINOv2
     against the teacher's own reference-ODE samples from the same seeds and prompts (the paper's
-    protocol), CLIP score of each sample against its prompt, and the LAION aesthetic score."""
+    protocol), CMMD against the same samples, CLIP score of each sample against its prompt, and the LAION
+    aesthetic score."""
 
     TEACHER = "teacher samples (reference ODE endpoints, same seeds and prompts)"
 
@@ -123,16 +113,18 @@ class ImageQuality:
         self.fd_bootstrap = int(fd_bootstrap)
         weights = dict(weights or {})
         self.teacher = teacher
-        self.prompts = conditions.texts(range(n)) if hasattr(conditions, "texts") else None
+        self.prompts = conditions.texts(range(n))
         self.skipped: dict[str, str] = {}
         self.extractors: dict[str, Any] = {}
         self.clip = None
         self.aesthetic = None
+        self.cmmd = None
         builders = {
             "fid": lambda: self._inception(weights.get("fid"), device),
             "fd_dinov2": lambda: self._dinov2(weights.get("dinov2"), device),
             "clip_score": lambda: self._clip(weights, device),
             "aesthetic": lambda: self._aesthetic(weights, device),
+            "cmmd": lambda: self._cmmd(weights, device),
         }
         for name in names:
             if name == "clip_score" and self.prompts is None:
@@ -163,6 +155,11 @@ class ImageQuality:
             self.clip = ClipScorer(weights.get("clip_arch") or DEFAULT_ARCH, weights.get("clip"), device=device)
         return self.clip
 
+    def _cmmd(self, weights, device):
+        from odebench.metrics.cmmd import CMMDEmbeddings
+
+        self.cmmd = CMMDEmbeddings(weights.get("cmmd"), weights.get("cmmd_arch"), device=device)
+
     def _aesthetic(self, weights, device):
         from odebench.metrics.aesthetic import AestheticScorer
 
@@ -174,7 +171,7 @@ class ImageQuality:
 
     @property
     def active(self) -> bool:
-        return bool(self.extractors or self.clip is not None)
+        return bool(self.extractors or self.clip is not None or self.cmmd is not None)
 
     def score(self, samples: torch.Tensor, reference: torch.Tensor) -> tuple[dict[str, MetricValue], dict[str, Any], dict[str, np.ndarray]]:
         """(metrics, extras for result.json, per-sample scores for per_sample.safetensors)."""
@@ -192,7 +189,14 @@ class ImageQuality:
                 ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
                 self._ref_features[key] = ext(ref_images)
             metrics.update(distribution_metrics(ext(images), self._ref_features[key], key, ext.identity, "teacher",
-                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, precision_recall=False))
+                                                self.TEACHER, fd_bootstrap=self.fd_bootstrap, paired=True))
+        if self.cmmd is not None:  # CLIP-336 embeddings against the teacher's samples, the paper's protocol
+            from odebench.metrics.cmmd import cmmd_value
+
+            if "cmmd" not in self._ref_features:
+                ref_images = self.teacher.decode(reference) if ref_images is None else ref_images
+                self._ref_features["cmmd"] = self.cmmd(ref_images)
+            metrics["cmmd@teacher"] = cmmd_value(self.cmmd(images), self._ref_features["cmmd"], self.cmmd.identity, self.TEACHER)
         if self.clip is not None:
             emb = self.clip.image_embeddings(images)
             if "clip_score" not in self.skipped and self.prompts is not None:

@@ -1,15 +1,20 @@
-"""The rich results table printed by `odebench run`."""
+"""Terminal tables: metrics as rows and runs as columns, split into as many tables as the width needs,
+so that no number is ever cut to an ellipsis (80-column terminals, CI logs, `| tee`)."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-COLUMNS = {  # metric -> short header; the full names are in result.json and the README
-    "ode_mse@ref": "ODE mse", "ode_mse@ddim100": "mse@ddim100", "ode_rel@ref": "ODE rel", "ode_mse@ref_curve_mean": "curve mse",
-    "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID", "mode_coverage": "cover", "mode_precision": "prec",
-    "fd_digits@real": "FD real", "fd_digits@teacher": "FD teacher", "precision_digits@real": "prec",
-    "recall_digits@real": "recall", "label_adherence": "label", "confidence": "conf",
-    "fid@teacher": "FID", "fd_dinov2@teacher": "FD-DINOv2", "clip_score": "CLIP", "aesthetic": "aesth",
+SHORT = {  # metric -> short label for the run table; the full names are in result.json and the README
+    "ode_mse@ref": "ODE mse", "ode_mse@ddim100": "ODE mse@ddim100", "ode_rel@ref": "ODE rel",
+    "ode_mse@ref_curve_mean": "curve mse", "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID",
+    "mode_coverage": "mode coverage", "mode_precision": "mode precision", "fd_digits@real": "FD real",
+    "fd_digits@teacher": "FD teacher", "kid_digits@real": "KID real", "kid_digits@teacher": "KID teacher",
+    "precision_digits@real": "precision", "recall_digits@real": "recall", "label_adherence": "label",
+    "confidence": "confidence", "fid@teacher": "FID", "fd_dinov2@teacher": "FD-DINOv2", "clip_score": "CLIP",
+    "aesthetic": "aesthetic",
 }
+MIN_WIDTH = 40  # below this, one run per table
 
 
 def fmt(v, e=None) -> str:
@@ -21,28 +26,62 @@ def fmt(v, e=None) -> str:
     return s
 
 
-def print_run_table(console, outcomes) -> None:
+def print_grid(console, title: str, labels: Sequence[str], columns: Sequence[tuple[str, Sequence[str]]],
+               caption: str | None = None, label_header: str = "metric") -> None:
+    """Rows `labels`, one column per (header, cells); as many tables as it takes to fit the console's
+    width with every cell whole (rich markup in cells is allowed)."""
+    from rich.cells import cell_len
     from rich.table import Table
+    from rich.text import Text
 
+    def width(s: str) -> int:
+        return cell_len(Text.from_markup(s).plain)
+
+    label_w = max([width(label_header)] + [width(s) for s in labels])
+    col_w = [max([width(h)] + [width(c) for c in cells]) for h, cells in columns]
+    room = max(console.width, MIN_WIDTH)
+    groups: list[list[int]] = [[]]
+    used = label_w + 4  # borders and padding of the label column
+    for i, w in enumerate(col_w):
+        if groups[-1] and used + w + 3 > room:
+            groups.append([])
+            used = label_w + 4
+        groups[-1].append(i)
+        used += w + 3
+    for g, idx in enumerate(groups):
+        part = f" ({g + 1}/{len(groups)})" if len(groups) > 1 else ""
+        t = Table(title=title + part, caption=caption if g == len(groups) - 1 else None, title_justify="left")
+        t.add_column(label_header, no_wrap=True, min_width=label_w)
+        for i in idx:
+            t.add_column(columns[i][0], justify="right", no_wrap=True, min_width=col_w[i])
+        for r, label in enumerate(labels):
+            t.add_row(label, *[columns[i][1][r] for i in idx])
+        console.print(t)
+
+
+def print_run_table(console, outcomes) -> None:
+    """`odebench run`'s summary: metrics as rows, students as columns."""
     if not outcomes:
         return
     first = outcomes[0].result
-    cols = [c for c in COLUMNS if any(c in o.result["metrics"] for o in outcomes)]
-    arrows = {c: "↑" if first["metrics"].get(c, {}).get("higher_is_better") else "↓" for c in cols}
-    t = Table(title=f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "
-                    f"guidance {first['teacher']['guidance']['imagen_w']:g} (imagen)")
-    t.add_column("student")
-    t.add_column("NFE", justify="right")
-    for c in cols:
-        t.add_column(f"{COLUMNS[c]} {arrows[c]}", justify="right")
-    t.add_column("flags")
+    metrics = [m for m in SHORT if any(m in o.result["metrics"] for o in outcomes)]
+    metrics += sorted({m for o in outcomes for m in o.result["metrics"] if m not in SHORT})
+    labels = ["NFE / sample"] + [f"{SHORT.get(m, m)} {'↑' if _higher(outcomes, m) else '↓'}" for m in metrics]
+    columns = []
     for o in outcomes:
-        r = o.result
-        m = r["metrics"]
-        nfe = r["nfe"]["student_per_sample"]
-        t.add_row(o.name, fmt(nfe), *[fmt(m[c]["value"], m[c]["stderr"]) if c in m else "-" for c in cols],
-                  ", ".join(f.split(":", 1)[0] for f in r["flags"]))
-    console.print(t)
+        res = o.result
+        cells = [fmt(res["nfe"]["student_per_sample"])]
+        for m in metrics:
+            v = res["metrics"].get(m)
+            cells.append(fmt(v["value"], v["stderr"]) if v else "-")
+        columns.append((o.name, cells))
+    g = first["teacher"]["guidance"]
+    g_text = f"imagen w={g['imagen_w']:g}" if "imagen_w" in g else f"{g['form']} w={g['w']:g}"  # embedded: an input, not CFG
+    print_grid(console, f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "
+                        f"guidance {g_text}", labels, columns, caption="± is one standard error")
+    for o in outcomes:
+        for flag in o.result["flags"]:
+            console.print(f"[yellow]flag[/] {o.name}: {flag}")
     ref = first["reference"]
     nfe = first["nfe"]["reference"]
     floor = ref["floor"]
@@ -63,3 +102,7 @@ def print_run_table(console, outcomes) -> None:
                  if "solver" in parts and "precision" in parts else "")
         console.print(f"reference floor (ode_mse, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}{split}")
     console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")
+
+
+def _higher(outcomes, metric: str) -> bool:
+    return any(o.result["metrics"].get(metric, {}).get("higher_is_better") for o in outcomes)

@@ -185,9 +185,9 @@ def test_cache_verify_cli(tmp_path, private_cache):
 
 # ------------------------------------------------------------------------------------------------
 def _teacher_variant() -> dict:
-    from odebench.teachers import _preset_spec
+    from odebench.teachers.gmm import preset_spec
 
-    spec = _preset_spec("gmm")
+    spec = preset_spec("gmm")
     spec["stds"] = [0.25] * len(spec["stds"])
     return spec
 

@@ -80,6 +80,10 @@ def main_run(tmp_path_factory):
     return proc, root
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.split("│")[1:-1]]
+
+
 def test_run_exits_zero_and_prints_table(main_run):
     proc, root = main_run
     assert proc.returncode == 0, proc.stderr
@@ -88,19 +92,44 @@ def test_run_exits_zero_and_prints_table(main_run):
     assert "odebench · teacher gmm · 64 samples" in out
     from odebench.table import fmt
 
-    for row in ("ddim-1", "ddim-4", "heun-8", "ref"):
-        lines = [line for line in out.splitlines() if line.strip("│┃ ").startswith(row + " ")]
-        assert len(lines) == 1, (row, out)
-        # the row shows this student's NFE and its headline ODE error as stored in result.json
-        res = read(root / "runs" / row)
+    # metrics as rows, students as columns (wide enough here for one table)
+    students = ["ddim-1", "ddim-4", "heun-8", "ref"]
+    header = next(line for line in out.splitlines() if line.strip("│┃ ").startswith("metric"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ["metric", *students]
+    rows = {_cells(line)[0]: _cells(line)[1:] for line in out.splitlines() if line.startswith("│")}
+    for i, name in enumerate(students):
+        # each column shows this student's NFE and headline ODE error as stored in result.json
+        res = read(root / "runs" / name)
         m = res["metrics"]["ode_mse@ref"]
-        cells = [c.strip() for c in lines[0].split("│")[1:-1]]
-        assert cells[1] == fmt(res["nfe"]["student_per_sample"])
-        assert fmt(m["value"], m["stderr"]) in cells, (cells, fmt(m["value"], m["stderr"]))
+        assert rows["NFE / sample"][i] == fmt(res["nfe"]["student_per_sample"])
+        assert rows["ODE mse ↓"][i] == fmt(m["value"], m["stderr"])
     assert f"reference: {DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in out
     assert "results: runs/ddim-1, runs/ddim-4, runs/heun-8, runs/ref" in out
     # a cold cache: the one reference chunk was solved in this run
     assert "(cache 0 hit / 1 miss)" in out
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_run_table_is_whole_at_any_width(main_run, width):
+    """Eight students at 80 and 200 columns: every number printed whole, no ellipsis, no line too long."""
+    import io
+
+    from rich.console import Console
+
+    from odebench.bench import RunOutcome
+    from odebench.table import fmt, print_run_table
+
+    proc, root = main_run
+    outcomes = [RunOutcome(f"{d.name}-{copy}", d, read(d)) for copy in ("a", "b") for d in sorted((root / "runs").iterdir())]
+    buf = io.StringIO()
+    print_run_table(Console(file=buf, width=width, color_system=None), outcomes)
+    out = buf.getvalue()
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= width
+    assert ("(1/" in out) == (width == 80)  # split into several tables only where it does not fit
+    for o in outcomes:
+        assert o.name in out
+        for m in o.result["metrics"].values():
+            assert fmt(m["value"], m["stderr"]) in out
 
 
 def test_run_writes_one_directory_per_student(main_run):
@@ -342,7 +371,7 @@ def test_checkpoint_student_brings_its_teacher(student_ckpt, tmp_path):
     assert res["teacher"]["fingerprint"] == gmm.fingerprint()
     assert res["teacher"]["teacher"] == "gmm"
     assert res["teacher"]["origin"].startswith("student ")
-    assert res["student"]["kind"] == "ConsistencyStudent" and res["student"]["steps"] == 2
+    assert res["student"]["class"] == "ConsistencyStudent" and res["student"]["kind"] == "trajectory" and res["student"]["steps"] == 2
     assert res["student"]["trained_for"]["fingerprint"] == gmm.fingerprint()
     assert res["nfe"]["student_per_sample"] == 2
     assert res["flags"] == [] or not any(f.startswith("teacher-mismatch") for f in res["flags"])

@@ -95,7 +95,7 @@ def test_json_teacher(tmp_path):
     ('{"kind": "vp", "means": [[0]], "stds": [1]}', "unsupported teacher kind"),
     ('{"kind": "gmm", "means": [[0, 0], [1]], "stds": [1, 1]}', "equal-length"),
     ('{"kind": "gmm", "means": [[0, 0]], "stds": [1, 1]}', "stds"),
-    ('{"kind": "gmm", "means": [[0, 0]], "stds": [-1]}', "positive"),
+    ('{"kind": "gmm", "means": [[0, 0]], "stds": [-1]}', r'"stds\[0\]" must be a finite number > 0'),
     ('{"kind": "gmm", "means": [[0, 0]], "stds": [1], "weights": [0]}', "weights"),
     ('{"kind": "gmm", "means": [[0, 0]], "stds": [1], "sigma_min": 5, "sigma_max": 1}', "sigma_min < sigma_max"),
     ('{"kind": "gmm", "means": [[0, 0]], "stds": [1], "colour": 1}', "unknown field"),

@@ -245,6 +245,46 @@ def manual_embeddings(model, imgs, prompts):
 PROMPTS = ["a photo of a cat", "a red car", "an astronaut riding a horse", "digits", "a bowl of fruit"]
 
 
+def test_clip_torchmetrics_form_equals_torchmetrics(tiny_clip):
+    """torchmetrics' own clip_score, fed the same tiny open_clip weights and preprocessing through its
+    `model_name_or_path` callable, equals the torchmetrics form: it clamps after averaging."""
+    import open_clip
+    from PIL import Image
+    from torchmetrics.functional.multimodal import clip_score as tm_clip_score
+
+    from odebench.metrics.clip import ClipScorer
+
+    model, path = tiny_clip
+    preprocess = open_clip.image_transform(32, is_train=False)
+
+    class Processor:  # the slice of transformers' CLIPProcessor that torchmetrics calls
+        def __call__(self, images=None, text=None, **_):
+            if images is not None:
+                return {"pixel_values": torch.stack([preprocess(Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images])}
+            ids = open_clip.tokenize(text)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    class Model(torch.nn.Module):  # ... and of CLIPModel
+        config = object()
+
+        def get_image_features(self, pixel_values):
+            return model.encode_image(pixel_values)
+
+        def get_text_features(self, input_ids, attention_mask):
+            return model.encode_text(input_ids)
+
+    scorer = ClipScorer(TINY_CLIP, pretrained=str(path), device="cpu", batch_size=2)
+    for seed in range(4):  # random tiny weights: some sets have a negative mean cosine, some not
+        imgs = images(5, 40, 48, seed=seed)
+        with torch.no_grad():
+            ref = float(tm_clip_score([torch.from_numpy(i).permute(2, 0, 1) for i in imgs], PROMPTS,
+                                      lambda: (Model(), Processor())))
+        ours = scorer.clip_score(imgs, PROMPTS, torchmetrics_form=True)
+        assert ours.value == pytest.approx(ref, abs=1e-3)
+    cos = scorer.cosines(imgs, PROMPTS)
+    assert (cos < 0).any()  # where clamping before averaging (the old form) would differ
+
+
 def test_clip_score_through_real_loading_path(tiny_clip):
     from odebench.metrics.clip import ClipScorer
 
@@ -258,7 +298,7 @@ def test_clip_score_through_real_loading_path(tiny_clip):
     assert m.stderr == pytest.approx(cos.std(ddof=1) / math.sqrt(5), rel=1e-4)
     assert m.higher_is_better and m.n == 5 and "tiny_clip.bin sha256:" in m.identity and "raw cosine" in m.identity
     t = scorer.clip_score(imgs, PROMPTS, torchmetrics_form=True)
-    assert t.value == pytest.approx((100 * np.maximum(cos, 0)).mean(), abs=1e-4) and "torchmetrics" in t.identity
+    assert t.value == pytest.approx(max(100 * cos.mean(), 0), abs=1e-4) and "torchmetrics" in t.identity
     # as a FeatureExtractor: raw image embeddings
     f = scorer(imgs)
     assert scorer.name == "clip" and f.shape == (5, 768) and f.dtype == np.float64
@@ -329,9 +369,10 @@ def test_aesthetic_refuses_pickled_code(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "bad.pth"
     torch.save({"layers.0.weight": Exploit(marker)}, bad)
-    with pytest.raises(OdebenchError, match="weights_only"):
+    with pytest.raises(OdebenchError, match="refusing") as e:
         load_aesthetic_mlp(bad)
     assert not marker.exists()
+    assert "weights_only=False" not in str(e.value) and len(str(e.value)) < 250  # one short line, never the unsafe advice
     whole = tmp_path / "module.pth"
     torch.save(build_mlp(), whole)  # a pickled module (code references), not a state dict
     with pytest.raises(OdebenchError, match="refusing"):

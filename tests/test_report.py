@@ -109,7 +109,8 @@ def test_report_of_real_runs(gmm_runs):
     values = [c.value for c in rows["ode_mse@ref"].cells]
     assert values[3] == 0.0 and values[1] < values[0]  # ddim:8 solves the ODE better than ddim:2
     # the analysis leaves the oracle out and covers every quality metric of the GMM domain
-    assert {a.metric for a in rep.agreements} == {"loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision"}
+    assert {a.metric for a in rep.agreements} == {"loglik", "fd_exact", "kid_exact", "mode_coverage", "mode_precision",
+                                                  "precision_exact", "recall_exact", "density_exact", "coverage_exact"}
     assert all(a.runs == ["ddim-2", "ddim-8", "heun-3"] for a in rep.agreements)
     # the numbers come straight from the result files: recompute one agreement with scipy
     m = [r.result["metrics"] for r in runs[:3]]
@@ -176,6 +177,27 @@ def test_cli_report_formats(gmm_runs, tmp_path, monkeypatch):
     html = page.read_text()
     srcs = re.findall(r'src="([^"]+)"', html)
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_terminal_report_is_whole_at_80_columns(gmm_runs):
+    """Every number and verdict whole at 80 columns (the width of CI logs and `| tee`): no ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    from odebench.report.render import _cell, print_report
+
+    rep = build_report(find_runs(["ddim-2", "ddim-8", "heun-3", "ref", "ddim8-seed1"], gmm_runs))
+    buf = io.StringIO()
+    print_report(Console(file=buf, width=80, color_system=None), rep)
+    out = buf.getvalue()
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    for row in rep.rows:
+        for i in range(len(rep.runs)):
+            assert _cell(row, i) in out
+    for ag in rep.agreements:
+        assert ag.verdict in out
+    assert "scale of kid_exact: raw unbiased MMD^2" in out
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -61,14 +61,17 @@ def base_teacher(sdxl_dir):
 # ------------------------------------------------------------------------------- teacher --
 
 def test_loads_through_the_diffusers_folder_and_hub_cache_layout(sdxl_dir, base_teacher, tmp_path, monkeypatch):
-    from odebench.teachers.sdxl import SDXLTeacher, is_sdxl_spec
+    from odebench.teachers.family import family_for_spec
+    from odebench.teachers.sdxl import SDXLTeacher
 
     t = base_teacher
     assert isinstance(t, SDXLTeacher) and t.shape == (4, LATENT, LATENT) and (t.height, t.width) == (16, 16)
     assert t.guidance == Guidance(9.0, "imagen", "zeros") and t.prediction == "epsilon"
     assert 0.029 < t.sigma_min < 0.03 and 14.6 < t.sigma_max < 14.7
     assert all(len(tok) > 2 for tok in t.tokenizers)
-    assert is_sdxl_spec("sdxl") and is_sdxl_spec(str(sdxl_dir)) and is_sdxl_spec("org/model") and not is_sdxl_spec("gmm")
+    assert [family_for_spec(s).name for s in ("sdxl", str(sdxl_dir), "gmm")] == ["sdxl", "sdxl", "gmm"]
+    with pytest.raises(OdebenchError, match="org/model.*nothing is downloaded"):  # a hub id that is not on this machine
+        family_for_spec("org/model")
     # a hub id resolves from $ODEBENCH_WEIGHTS/<name> (as from the HF cache), never downloads
     monkeypatch.setenv("ODEBENCH_WEIGHTS", str(sdxl_dir.parent))
     from odebench.teachers import load_teacher
@@ -126,7 +129,7 @@ def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
         load_teacher(str(broken))
     with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher(str(sdxl_dir), dtype="int8")
-    with pytest.raises(OdebenchError, match="SDXL teachers only"):
+    with pytest.raises(OdebenchError, match="apply to SDXL / SD teachers only"):
         load_teacher("gmm", vae="x")
     with pytest.raises(OdebenchError, match="analytic"):  # --dtype is a network's precision
         load_teacher("gmm", dtype="fp16")
@@ -508,14 +511,16 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     res = runner.invoke(app, [*common, "--student", str(lora_dir), "--student", str(ckpt), "--student", "ddim:2",
                               "--allow-mismatch", "--fid-weights", str(tmp_path / "inception.pt"),
                               "--dinov2-weights", str(tmp_path / "dinov2"), "--clip-weights", str(clip_path),
-                              "--clip-arch", "odebench-tiny-clip", "--aesthetic-weights", str(tmp_path / "aesthetic.pth")])
+                              "--clip-arch", "odebench-tiny-clip", "--aesthetic-weights", str(tmp_path / "aesthetic.pth"),
+                              "--cmmd-weights", str(clip_path), "--cmmd-arch", "odebench-tiny-clip"])
     assert res.exit_code == 0, res.output
     runs = tmp_path / "runs"
     lora = json.loads((runs / lora_dir.name / "result.json").read_text())
     paper = json.loads((runs / "checkpoint-100" / "result.json").read_text())
     ddim = json.loads((runs / "ddim-2" / "result.json").read_text())
     for r in (lora, paper, ddim):
-        assert {"ode_mse@ref", "ode_mse@ddim100", "fid@teacher", "fd_dinov2@teacher", "clip_score", "aesthetic"} <= set(r["metrics"])
+        assert {"ode_mse@ref", "ode_mse@ddim100", "fid@teacher", "fd_dinov2@teacher", "clip_score", "aesthetic",
+                "cmmd@teacher", "density_inception@teacher", "coverage_dinov2@teacher"} <= set(r["metrics"])
         assert r["conditioning"]["mode"] == "prompt" and r["conditioning"]["num_prompts"] == 3
         assert "released code" in r["reference"]["ddim100"]["unet_timesteps"]
         assert r["extras"]["skipped_metrics"] == {}
@@ -529,7 +534,7 @@ def test_odebench_run_on_tiny_sdxl_end_to_end(sdxl_dir, lora_dir, tmp_path, monk
     res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "auto"])
     assert res.exit_code == 0, res.output
     auto = json.loads((runs / "auto" / "result.json").read_text())
-    assert set(auto["extras"]["skipped_metrics"]) == {"fid", "fd_dinov2", "clip_score", "aesthetic"}
+    assert set(auto["extras"]["skipped_metrics"]) == {"fid", "fd_dinov2", "clip_score", "aesthetic", "cmmd"}
     assert "skipped fid" in res.output and "fid@teacher" not in auto["metrics"]
     # an explicit selection is required: missing weights are a one-line error
     res = runner.invoke(app, [*common, "--student", "ddim:1", "--name", "x", "--metrics", "fid"])

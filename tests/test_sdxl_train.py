@@ -3,7 +3,6 @@ here: targets against an independent re-implementation of the paper's loops on t
 UNet, micro-conditioning against StableDiffusionXLPipeline, LoRA placement, resume, accelerate,
 export through `odebench run`, and one-line data errors."""
 import json
-import math
 import sys
 from pathlib import Path
 

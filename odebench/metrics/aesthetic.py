@@ -41,13 +41,9 @@ def build_mlp():
 
 def load_aesthetic_mlp(path: str | os.PathLike):
     """The predictor MLP (float64, eval mode) from a state-dict file; refuses pickled code."""
-    import torch
+    from odebench.fileio import load_torch_tensors
 
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for pickled code, or a corrupt file
-        raise OdebenchError(f"refusing aesthetic weights '{path}': not a plain tensor state dict "
-                            f"loadable with weights_only=True ({type(e).__name__})") from None
+    sd = load_torch_tensors(path, "aesthetic predictor weights file")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

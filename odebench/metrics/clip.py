@@ -14,11 +14,13 @@ shorter side to 224 with PIL bicubic, centre crop 224, OpenAI mean/std).
 
 CLIP score = mean over image/prompt pairs of the raw cosine of the L2-normalised image and text
 embeddings (about 0.2-0.35 for matching pairs), with the standard error of the mean.
-`clip_score(..., torchmetrics_form=True)` gives torchmetrics' 100 * max(cos, 0) instead.
+`clip_score(..., torchmetrics_form=True)` gives torchmetrics' max(100 * mean(cos), 0) instead (the clamp
+comes after the average, as torchmetrics.functional.multimodal.clip_score computes it).
 """
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -54,11 +56,12 @@ def _checkpoint_in(folder: Path, names: Sequence[str] = HF_WEIGHT_FILES) -> Path
     return None
 
 
-def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: str = "--clip-weights") -> tuple[Path, str]:
-    """(weights file, label) for an open_clip architecture and a pretrained tag or local path."""
+def resolve_clip_weights(arch: str, pretrained: str | os.PathLike | None, flag: str = "--clip-weights",
+                         what: str = "CLIP score") -> tuple[Path, str]:
+    """(weights file, label) for an open_clip architecture and a pretrained tag or local path; `what`
+    names the metric in errors."""
     from open_clip import get_pretrained_cfg
 
-    what = "CLIP score"
     pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
     tag_cfg = get_pretrained_cfg(arch, os.fspath(pretrained)) if isinstance(pretrained, str) else {}
     if not tag_cfg:  # a path (or a typo): resolve it as a path
@@ -129,7 +132,8 @@ class ClipScorer:
     name = "clip"
 
     def __init__(self, arch: str = DEFAULT_ARCH, pretrained: str | os.PathLike | None = None, *, device=None,
-                 batch_size: int = 32, normalize_features: bool = False, flag: str = "--clip-weights"):
+                 batch_size: int = 32, normalize_features: bool = False, flag: str = "--clip-weights",
+                 what: str = "CLIP score"):
         import open_clip
         import torch
 
@@ -140,7 +144,7 @@ class ClipScorer:
         self.normalize_features = normalize_features
         if open_clip.get_model_config(arch) is None:
             raise OdebenchError(f"unknown open_clip architecture '{arch}'")
-        path, label = resolve_clip_weights(arch, pretrained, flag)
+        path, label = resolve_clip_weights(arch, pretrained, flag, what)
         tag = DEFAULT_PRETRAINED if pretrained is None else pretrained
         tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if isinstance(tag, str) else {}
         pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
@@ -161,6 +165,9 @@ class ClipScorer:
                                                                              weights_only=True, **kw)
         except OdebenchError:
             raise
+        except pickle.UnpicklingError:  # torch's text would suggest retrying with weights_only=False: never
+            raise OdebenchError(f"refusing to load CLIP weights '{path}': a pickle holding objects other than tensors "
+                                "(possibly code); odebench reads safetensors or plain tensor state dicts only") from None
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise OdebenchError(f"cannot load CLIP weights '{path}' into {arch}: {msg[:300]}") from None
@@ -227,16 +234,16 @@ class ClipScorer:
 
     def clip_score(self, images: np.ndarray, prompts: Sequence[str], torchmetrics_form: bool = False,
                    image_embeddings: np.ndarray | None = None, cosines: np.ndarray | None = None) -> MetricValue:
-        """Mean cosine between each image and its prompt; torchmetrics_form: mean of 100 * max(cos, 0).
+        """Mean cosine between each image and its prompt; torchmetrics_form: max(100 * mean(cos), 0).
         `cosines` (from `cosines()`) skips re-encoding images and prompts when they are already scored."""
         cos = self.cosines(images, prompts, image_embeddings) if cosines is None else np.asarray(cosines, np.float64)
+        m, se = mean_stderr(cos)
         if torchmetrics_form:
-            per, scale = 100.0 * np.maximum(cos, 0.0), "100 * max(cos, 0) (torchmetrics form)"
+            m, se, scale = max(100.0 * m, 0.0), 100.0 * se, "max(100 * mean(cos), 0) (torchmetrics form: clamped after averaging)"
         else:
-            per, scale = cos, "raw cosine of L2-normalised embeddings (x1)"
-        m, se = mean_stderr(per)
-        ident = f"{self.backbone}; {self.preprocess_identity}; open_clip tokenizer; {scale}; mean over {len(per)} pairs, stderr of mean"
-        return value("clip_score", m, se, ident, len(per))
+            scale = "raw cosine of L2-normalised embeddings (x1)"
+        ident = f"{self.backbone}; {self.preprocess_identity}; open_clip tokenizer; {scale}; mean over {len(cos)} pairs, stderr of mean"
+        return value("clip_score", m, se, ident, len(cos))
 
 
 def fd_clip(features: np.ndarray, ref_features: np.ndarray, ref_set: str, extractor_identity: str,

@@ -8,6 +8,7 @@ import torch
 from scipy.stats import chi2
 
 from odebench.metrics.fd import fd_bootstrap_stderr, fd_features, kid
+from odebench.metrics.prdc import DEFAULT_K, prdc
 from odebench.metrics.registry import MetricValue, value
 from odebench.metrics.stats import bootstrap_stderr, mean_stderr
 from odebench.mixture import GaussianMixture
@@ -15,8 +16,9 @@ from odebench.mixture import GaussianMixture
 
 def mixture_quality(samples: torch.Tensor, exact: torch.Tensor, mixture: GaussianMixture,
                     mask: torch.Tensor | None, ref_set: str) -> tuple[dict[str, MetricValue], dict, dict[str, np.ndarray]]:
-    """Log-likelihood, FD/KID to exact samples, mode coverage and precision; also the per-sample
-    log-likelihood and in-mode indicator (for per-sample ODE-error-vs-quality plots).
+    """Log-likelihood, FD/KID to exact samples, mode coverage and precision, k-NN precision, recall,
+    density and coverage in data space against the exact samples; also the per-sample log-likelihood
+    and in-mode indicator (for per-sample ODE-error-vs-quality plots).
 
     `mask` (n, K) restricts each sample to its class's sub-mixture (None: the full mixture);
     `exact` are exact draws from the same (conditional) data distribution.
@@ -53,11 +55,14 @@ def mixture_quality(samples: torch.Tensor, exact: torch.Tensor, mixture: Gaussia
     ident = f"exact mixture density; {ref_set}; n={n}"
     metrics = {
         "loglik": value("loglik", ll_mean, ll_err, f"mean log p(x) under the true mixture ({'class sub-mixture' if mask is not None else 'full mixture'}), nats, sigma=0", n),
-        "fd_exact": value("fd_exact", fd, fd_err, f"Frechet distance in data space (d={mix.dim}) vs {len(b)} {ref_set}; float64 eigen-trace; bootstrap stderr", n),
-        "kid_exact": value("kid_exact", kid_v, kid_err, f"unbiased MMD^2, kernel (x.y/d+1)^3, 20 seeded subsets of {min(500, n)} vs {ref_set}", n),
+        "fd_exact": value("fd_exact", fd, fd_err, f"Frechet distance in data space (d={mix.dim}), scale: squared data units, vs {len(b)} {ref_set}; float64 eigen-trace; bootstrap stderr", n),
+        "kid_exact": value("kid_exact", kid_v, kid_err, f"KID, scale: raw unbiased MMD^2 (x1), kernel (x.y/d+1)^3, 20 seeded subsets of {min(500, n)} vs {ref_set}", n),
         "mode_coverage": value("mode_coverage", cov, bootstrap_stderr(coverage, n, reps=100), f"modes holding >= 1/4 of their expected share of in-mode samples (99% ellipsoid); {ident}", n),
         "mode_precision": value("mode_precision", prec, math.sqrt(prec * (1 - prec) / n), f"inside chi2(d) 99% ellipsoid of argmax-responsibility mode; {ident}", n),
     }
+    if min(len(a), len(b)) > DEFAULT_K:  # k-NN balls need more than k points a side
+        for kind, m in prdc(a, b, ref_set, f"data space (d={mix.dim})").items():
+            metrics[f"{kind}_exact"] = value(f"{kind}_exact", m.value, m.stderr, m.identity, n)
     extras = {"per_mode_precision": per_mode_precision, "mode_counts": counts.tolist(),
               "expected_mode_counts": [float(e) for e in expected]}
     return metrics, extras, {"loglik": ll, "mode_precision": inside.astype(np.float64)}

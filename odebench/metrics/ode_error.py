@@ -23,7 +23,7 @@ def ode_error_metrics(student: torch.Tensor, reference: torch.Tensor, identity: 
     n = se.shape[0]
     mse, mse_err = mean_stderr(se)
     rmse = math.sqrt(mse)
-    rmse_err = mse_err / (2 * rmse) if rmse > 0 else 0.0
+    rmse_err = mse_err / (2 * rmse) if rmse > 0 else (0.0 if rmse == 0 else float("nan"))  # nan: no stderr for a nan value
     rel = math.sqrt(se.sum() / ref_sq.sum())
     rel_err = bootstrap_stderr(lambda i: math.sqrt(se[i].sum() / ref_sq[i].sum()), n) if n > 1 else float("nan")
     return {

@@ -59,4 +59,6 @@ register("loglik", True, "mean log-density of samples under the true data mixtur
 register("fd_exact", False, "Frechet distance between samples and exact data samples")
 register("kid_exact", False, "kernel inception-style distance (cubic polynomial kernel MMD^2) to exact data samples")
 register("mode_coverage", True, "fraction of mixture modes holding at least a quarter of their expected share of samples inside the mode")
+for _kind in ("precision", "recall", "density", "coverage"):  # k-NN manifolds (odebench.metrics.prdc) in GMM data space
+    register(f"{_kind}_exact", True, f"k-NN {_kind} of samples against exact data samples, in data space")
 register("mode_precision", True, "fraction of samples inside the 99% ellipsoid of their most likely mode")

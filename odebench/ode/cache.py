@@ -77,9 +77,30 @@ class TrajectoryCache:
     def __init__(self, root: Path | str | None = None, enabled: bool = True) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.enabled = enabled
+        self.read_only = False  # set by check_writable: read entries, store none
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+
+    def check_writable(self) -> str | None:
+        """Before any solving: an OdebenchError if the cache root could never be a directory (a file in the
+        way); a warning line if it is a directory this process cannot write in, whose entries are then
+        read but new ones not stored; None when entries can be stored."""
+        from odebench.errors import OdebenchError
+        from odebench.fileio import nearest_directory, write_probe
+
+        if not self.enabled:
+            return None
+        try:
+            existing = nearest_directory(self.root, "trajectory cache")
+        except OdebenchError as e:  # the run can go on without a cache; say how
+            raise OdebenchError(f"{e}; give another --cache-dir (or $ODEBENCH_CACHE), or --no-cache") from None
+        err = write_probe(existing)
+        if err is None:
+            return None
+        self.read_only = True
+        return (f"warning: trajectory cache {self.root} is read-only ({err.strerror or err} in {existing}): "
+                "its entries are read, new ones are not stored")
 
     @property
     def dir(self) -> Path:
@@ -122,7 +143,7 @@ class TrajectoryCache:
         return tensors, json.loads(meta.get("info", "{}"))
 
     def store(self, key: str, payload: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.read_only:
             return
         from safetensors.torch import save
 
@@ -133,7 +154,18 @@ class TrajectoryCache:
         atomic_write_bytes(self.path(key), blob)
 
     # -- housekeeping ------------------------------------------------------------------------
+    def _check_root(self) -> None:
+        """A cache root that is a file (or under one) is a mistake to say, not an empty cache."""
+        from odebench.errors import OdebenchError
+        from odebench.fileio import nearest_directory
+
+        try:
+            nearest_directory(self.root, "trajectory cache")
+        except OdebenchError as e:
+            raise OdebenchError(f"{e}; give another --cache-dir (or $ODEBENCH_CACHE)") from None
+
     def entries(self, verify: bool = False) -> list[EntryInfo]:
+        self._check_root()
         out = []
         if not self.dir.exists():
             return out
@@ -155,6 +187,7 @@ class TrajectoryCache:
         return out
 
     def clear(self) -> int:
+        self._check_root()
         n = 0
         if self.dir.exists():
             for path in self.dir.glob("*/*"):

@@ -1,7 +1,8 @@
 """The noise bank: sample i's noise comes from its own generator seeded by (seed, i, stream).
 
 Noise therefore never depends on batch size, ordering or sharding. Stream 0 is the initial noise;
-multistep samplers draw their re-noising from streams 1, 2, ... of the same sample.
+multistep samplers draw their re-noising from streams 1, 2, ... of the same sample (step i of a
+stochastic diffusers scheduler: stream i + 1, through `SampleNoise.generators`).
 """
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ class NoiseBank:
 
     def describe(self) -> dict:
         return {"seed": self.seed, "scheme": "torch.Generator(sha256('odebench-noise/{seed}/{index}/{stream}')[:8]), float32 randn"}
+
+
+class SampleNoise:
+    """The noise of one batch of samples (indices): `noise(stream)` draws it; `noise.generators(stream)` is one
+    torch.Generator per sample seeded as `draw` seeds it, for diffusers' randn_tensor, which draws a batch
+    sample by sample from a list of generators: the same numbers, so stochastic schedulers stay
+    deterministic and batch-size invariant."""
+
+    def __init__(self, bank: NoiseBank, indices, dtype: torch.dtype = torch.float32) -> None:
+        self.bank, self.indices, self.dtype = bank, list(indices), dtype
+
+    def __call__(self, stream: int) -> torch.Tensor:
+        return self.bank.draw(self.indices, stream, self.dtype)
+
+    def generators(self, stream: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(stream_seed(self.bank.seed, int(i), stream)) for i in self.indices]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from odebench.ode.grids import karras_sigmas
+from odebench.ode.steps import METHODS, step
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,11 @@ class DistillGrid:
 
 
 def grid_for(teacher, n: int) -> DistillGrid:
-    if hasattr(teacher, "sigmas") and hasattr(teacher, "num_timesteps"):  # discrete VP teacher
+    """The N-interval grid of `teacher`: the paper's 1-indexed timestep grid for a discrete schedule
+    (the DISCRETE capability), else N + 1 Karras levels."""
+    from odebench.teachers.base import DISCRETE
+
+    if teacher.has(DISCRETE):
         total = teacher.num_timesteps
         if total % n:
             raise ValueError(f"grid size N={n} must divide the {total} training timesteps")
@@ -40,26 +45,12 @@ def grid_for(teacher, n: int) -> DistillGrid:
     return DistillGrid(sig, sig.clone(), "karras")
 
 
-GRID_SOLVERS = ("ddim", "euler", "heun")
+GRID_SOLVERS = tuple(METHODS)  # the step table's methods (odebench.ode.steps)
 
 
 def teacher_step(teacher, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, cond, solver: str) -> torch.Tensor:
     """One solver step of the teacher PF-ODE dx/dsigma = (x - D)/sigma from s to s_next (per item)."""
-    view = (-1,) + (1,) * (x.dim() - 1)
-    d = teacher.denoise(x, s.to(x.dtype), cond)
-    sv, nv = s.to(x.dtype).reshape(view), s_next.to(x.dtype).reshape(view)
-    x_euler = d + (nv / sv) * (x - d)  # DDIM: x_next = D + sigma_next/sigma (x - D)
-    if solver in ("ddim", "euler"):
-        return x_euler
-    # Heun (Karras Alg. 1): average the slopes at both ends where sigma_next > 0
-    positive = s_next > 0
-    if not bool(positive.any()):
-        return x_euler
-    d2 = teacher.denoise(x_euler, torch.where(positive, s_next, s).to(x.dtype), cond)
-    slope = (x - d) / sv
-    slope2 = (x_euler - d2) / torch.where(positive, s_next, s).to(x.dtype).reshape(view)
-    x_heun = x + (nv - sv) * 0.5 * (slope + slope2)
-    return torch.where(positive.reshape(view), x_heun, x_euler)
+    return step(teacher, x, s, s_next, cond, solver)
 
 
 @torch.no_grad()

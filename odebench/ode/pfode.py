@@ -35,6 +35,10 @@ class PFODE(torch.nn.Module):
         self.nfe = 0
         self.accepted = 0
         self.rejected = 0
+        # for the solver's error messages: where it last evaluated, and how many drifts were not finite
+        # (kept as tensors: no device sync per evaluation)
+        self.last_t: torch.Tensor | None = None
+        self.non_finite: torch.Tensor | int = 0
 
     def sigma_of(self, t: torch.Tensor) -> torch.Tensor:
         """Noise level of time(s) t; torchdiffeq hands t in the state dtype, so go through float64."""
@@ -42,6 +46,7 @@ class PFODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        self.last_t = t
         sigma = self.sigma_of(t)
         # a per-sample t (shape (B,)) gives each sample its own noise level (per-sample step control)
         s = sigma.to(state.dtype)
@@ -49,8 +54,11 @@ class PFODE(torch.nn.Module):
         x = to_x(state, s_b, self.time)
         d = self.teacher.denoise(x, s, self.cond)
         if self.time == "lambda":
-            return d
-        return x - d if self.time == "log-sigma" else (x - d) / s_b
+            drift = d
+        else:
+            drift = x - d if self.time == "log-sigma" else (x - d) / s_b
+        self.non_finite = self.non_finite + (~torch.isfinite(drift)).any()
+        return drift
 
     # torchdiffeq calls these on adaptive solvers (>= 0.2.3).
     def callback_accept_step(self, t0, y0, dt) -> None:

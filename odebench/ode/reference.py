@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from odebench.errors import OdebenchError
 from odebench.ode.pfode import PFODE, time_of, to_state, to_x
 from odebench.ode.spec import SolverSpec
 from odebench.teachers.base import Teacher
@@ -52,9 +53,33 @@ def solve_reference(teacher: Teacher, x_start: torch.Tensor, cond: torch.Tensor 
     t = t.to(x.device)  # torchdiffeq wants the times on the state's device (a CUDA state for GPU runs)
     options = {"norm": per_sample_rms_max, "step_t": t[1:].to(dtype), **spec.torchdiffeq_options()}
     with torch.no_grad():
-        states = odeint(func, y, t.to(dtype), rtol=spec.rtol, atol=spec.atol, method=spec.method, options=options)
+        try:
+            states = odeint(func, y, t.to(dtype), rtol=spec.rtol, atol=spec.atol, method=spec.method, options=options)
+        except AssertionError as e:  # torchdiffeq gives up with asserts
+            raise solver_failure(e, spec, func) from None
         states = torch.stack([to_x(states[j], float(sigmas[j]), spec.time) for j in range(states.shape[0])])
         x_min = states[-1]
         x0 = teacher.denoise(x_min, torch.full((x.shape[0],), teacher.sigma_min, dtype=dtype), cond)
     return ReferenceSolution(x0=x0, traj=states[1:-1], curve_sigmas=curve, nfe=func.nfe + 1,
                              accepted=func.accepted, rejected=func.rejected)
+
+
+def solver_failure(e: AssertionError, spec: SolverSpec, func: PFODE) -> OdebenchError:
+    """torchdiffeq's give-up assertion as one line that says what to change."""
+    msg = str(e).strip()
+    at = "" if func.last_t is None else f" at sigma={float(func.sigma_of(func.last_t.detach().cpu())):.4g}"
+    solver = f"reference solver ({spec.method}, rtol={spec.rtol:g}, atol={spec.atol:g})"
+    if msg.startswith("max_num_steps exceeded"):
+        limit = spec.torchdiffeq_options().get("max_num_steps")
+        return OdebenchError(f"{solver} gave up after max_num_steps={limit} steps{at}; "
+                             "raise --solver-option max_num_steps or loosen --rtol/--atol")
+    # a nan drift makes a nan error estimate: every step is rejected until dt underflows (or the state is nan)
+    if msg.startswith("non-finite values in state") or int(func.non_finite):
+        return OdebenchError(f"{solver}: the teacher's denoiser returned inf/nan{at}; "
+                             "check the teacher definition and --guidance")
+    if msg.startswith("underflow in dt"):
+        return OdebenchError(f"{solver}: the step size underflowed to zero{at}; the teacher ODE is too stiff there for this "
+                             "tolerance or a --solver-option (first_step, min_step, max_step, dfactor) is too small: "
+                             "loosen --rtol/--atol or drop those options")
+    first = msg.splitlines()[0][:200] if msg else type(e).__name__
+    return OdebenchError(f"{solver} failed{at}: {first}")

@@ -12,6 +12,17 @@ TIME_VARIABLES = ("lambda", "log-sigma", "sigma")  # odebench.ode.pfode
 DTYPES = ("float32", "float64")
 # torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
 SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")
+# Their meaningful ranges (torchdiffeq checks none of them: safety > 1 loops forever, a negative first_step
+# underflows, max_num_steps=2.5 is silently 2). Steps are in the integration variable (log sigma by default).
+OPTION_RANGES = {
+    "first_step": (lambda v: v > 0, "a number > 0"),
+    "max_num_steps": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+    "safety": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "ifactor": (lambda v: v >= 1, "a number >= 1"),
+    "dfactor": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "min_step": (lambda v: v >= 0, "a number >= 0"),
+    "max_step": (lambda v: v > 0, "a number > 0"),
+}
 
 # Chosen by measurement (benchmarks/reference_solver.py; table in README): bosh3 in lambda time
 # (y = x/sigma against 1/sigma, odebench.ode.pfode) at 3e-4 is cheaper than the old default
@@ -58,11 +69,23 @@ class SolverSpec:
             raise OdebenchError(f"unknown state dtype {self.dtype!r} (--state-dtype): expected one of {', '.join(DTYPES)}")
         if not (isinstance(self.batch, int) and self.batch > 0):
             raise OdebenchError(f"reference batch must be a positive integer, got {self.batch!r}")
-        opts = tuple(sorted((str(k), float(v)) for k, v in dict(self.options).items()))
-        for k, _ in opts:
+        opts = []
+        for k, v in dict(self.options).items():
+            k = str(k)
             if k not in SOLVER_OPTIONS:
                 raise OdebenchError(f"unknown solver option {k!r}: allowed options are {', '.join(SOLVER_OPTIONS)}")
-        object.__setattr__(self, "options", opts)
+            ok, what = OPTION_RANGES[k]
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise OdebenchError(f"solver option {k} must be {what}, got {v!r}") from None
+            if not (math.isfinite(v) and ok(v)):
+                raise OdebenchError(f"solver option {k} must be {what}, got {v:g}")
+            opts.append((k, v))
+        given = dict(opts)
+        if given.get("min_step", 0.0) > given.get("max_step", math.inf):
+            raise OdebenchError(f"solver option min_step ({given['min_step']:g}) exceeds max_step ({given['max_step']:g})")
+        object.__setattr__(self, "options", tuple(sorted(opts)))
 
     def resolved(self, default_dtype: str) -> "SolverSpec":
         """This spec with the dtype filled in from the teacher's default."""
@@ -110,4 +133,5 @@ def parse_solver_options(items: list[str]) -> tuple[tuple[str, float], ...]:
             out.append((k, float(v)))
         except ValueError:
             raise OdebenchError(f"solver option {k} needs a number, got {v!r}") from None
+    SolverSpec(options=tuple(out))  # range checks now, at parse time
     return tuple(out)

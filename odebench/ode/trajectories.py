@@ -47,8 +47,8 @@ class ReferenceSet:
 
 
 def initial_state(teacher: Teacher, noise: NoiseBank, indices, dtype: torch.dtype) -> torch.Tensor:
-    """x(sigma_max) = init_noise_scale * z_i for each sample index."""
-    return noise.draw(indices, stream=0, dtype=dtype) * teacher.init_noise_scale()
+    """x(sigma_max) for each sample index: the teacher's forward-process start from its stream-0 noise z_i."""
+    return teacher.initial_state(noise.draw(indices, stream=0, dtype=dtype))
 
 
 def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditions: Conditions, n: int,
@@ -79,7 +79,7 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
             x0, traj = tensors["x0"], tensors["traj"]
         else:
             # the state lives where the network does (a GPU teacher: no copies per NFE); results on the CPU
-            x_start = initial_state(teacher, noise, indices, dtype).to(getattr(teacher, "device", "cpu"))
+            x_start = initial_state(teacher, noise, indices, dtype).to(teacher.device)
             sol = solve_reference(teacher, x_start, conditions.tensor(indices), spec, chunk_curve)
             x0, traj = sol.x0.cpu(), sol.traj.cpu()
             info = {"nfe": sol.nfe, "accepted": sol.accepted, "rejected": sol.rejected}
@@ -102,6 +102,8 @@ def reference_set(teacher: Teacher, spec: SolverSpec, noise: NoiseBank, conditio
         seconds=time.perf_counter() - t0, chunks=chunks)
 
 
+# the arithmetic of odebench.ode.steps (solves under an older table differ in the last bits: not reused)
+STEP_TABLE = "x + (s' - s)(x - D)/s"
 GRID_BATCH = 256  # chunk of the DDIM-100 reference (part of its cache key through start/stop)
 
 
@@ -121,7 +123,7 @@ def grid_reference_set(teacher: Teacher, noise: NoiseBank, conditions: Condition
         indices = range(lo, min(lo + batch, start + n))
         payload = {"kind": "grid-reference", "ode": teacher.ode_identity(), "cond": conditions.key(indices),
                    "seed": noise.seed, "start": lo, "stop": indices.stop, "shape": list(noise.shape),
-                   "grid": grid.describe(), "solver": solver}
+                   "grid": grid.describe(), "solver": solver, "steps": STEP_TABLE}
         key = cache_key(payload)
         hit = cache.load(key)
         if hit is not None:

@@ -50,6 +50,8 @@ def best_index(cells: list[Cell], higher_is_better: bool) -> int | None:
 
 def metric_rows(runs: list[Run]) -> list[Row]:
     """Every metric any run has, ODE-error metrics first, in first-seen order."""
+    from odebench.metrics.spectral import is_diagnostic
+
     names: list[str] = []
     for r in runs:
         names += [k for k in r.result["metrics"] if k not in names]
@@ -61,7 +63,8 @@ def metric_rows(runs: list[Run]) -> list[Row]:
                  else Cell(None, None) for r in runs]
         hib = bool(defs[0]["higher_is_better"])
         idents = sorted({d["identity"] for d in defs})
-        rows.append(Row(k, hib, cells, best_index(cells, hib), idents[0] if len(idents) == 1 else " | ".join(idents)))
+        best = None if is_diagnostic(k) else best_index(cells, hib)  # a diagnostic has a target value, not a best
+        rows.append(Row(k, hib, cells, best, idents[0] if len(idents) == 1 else " | ".join(idents)))
     return rows
 
 

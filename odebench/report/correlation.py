@@ -116,12 +116,15 @@ def agreement(metric: str, names: list[str], ode: np.ndarray, ode_se: np.ndarray
 
 
 def agreements(runs, ode_metric: str = "ode_mse@ref", include_oracle: bool = False) -> list[Agreement]:
-    """One Agreement per quality metric (every non-ODE metric two or more runs share)."""
+    """One Agreement per quality metric (every non-ODE metric two or more runs share; diagnostics such as
+    hf_energy_ratio have a target, not a direction, and stay out)."""
+    from odebench.metrics.spectral import is_diagnostic
+
     use = [r for r in runs if ode_metric in r.result["metrics"] and (include_oracle or not r.is_oracle)]
     out = []
     metrics: list[str] = []
     for r in use:
-        metrics += [k for k in r.result["metrics"] if not k.startswith("ode_") and k not in metrics]
+        metrics += [k for k in r.result["metrics"] if not k.startswith("ode_") and not is_diagnostic(k) and k not in metrics]
     for k in metrics:
         have = [r for r in use if k in r.result["metrics"] and r.result["metrics"][k]["value"] is not None
                 and r.result["metrics"][ode_metric]["value"] is not None]

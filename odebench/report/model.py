@@ -31,14 +31,20 @@ class Report:
                 "reference_floor": (ref.get("floor") or {}).get("ode_mse"),
                 "reference_floor_parts": {k: v.get("ode_mse") for k, v in ((ref.get("floor") or {}).get("parts") or {}).items()},
                 "flags": res.get("flags", []),
-                "oracle": r.is_oracle}
+                "kind": r.kind, "oracle": r.is_oracle}
+
+    def notes(self) -> list[str]:
+        """What a reader must know to read the ODE-error rows (distribution / hybrid students)."""
+        return [f"{r.name} is a {r.kind} student: it was trained to match the data distribution, not to solve the "
+                f"teacher's ODE, so its ODE error is descriptive (how far it lands from the ODE solution), not a grade"
+                for r in self.runs if r.descriptive]
 
     def verdict_lines(self) -> list[str]:
         return [a.sentence(self.ode_metric) for a in self.agreements]
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "ode_metric": self.ode_metric, "include_oracle": self.include_oracle,
-                "runs": [self.run_info(r) for r in self.runs], "warnings": self.warnings,
+                "runs": [self.run_info(r) for r in self.runs], "warnings": self.warnings, "notes": self.notes(),
                 "rows": [row.to_dict() for row in self.rows],
                 "agreement": [a.to_dict() for a in self.agreements], "verdicts": self.verdict_lines()}
 

@@ -37,6 +37,22 @@ def figures(report: Report) -> dict[str, bytes]:
     return {k: v for k, v in made.items() if v is not None}
 
 
+def scales(report: Report) -> list[tuple[str, str]]:
+    """(metric, scale) for the rows whose identity states a scale ("..., scale: raw MMD^2 (x1 ...), ...")."""
+    out = []
+    for row in report.rows:
+        if "scale: " in row.identity:
+            text = row.identity.split("scale: ", 1)[1]
+            depth, end = 0, len(text)
+            for i, ch in enumerate(text):  # up to the first comma or semicolon outside parentheses
+                depth += (ch == "(") - (ch == ")")
+                if ch in ",;" and depth == 0:
+                    end = i
+                    break
+            out.append((row.metric, text[:end]))
+    return out
+
+
 def _cell(row, i: int) -> str:
     c = row.cells[i]
     return fmt(c.value, c.stderr)
@@ -74,6 +90,7 @@ def _floor_cell(info: dict) -> str:
 def _info_rows(report: Report) -> list[tuple[str, list[str]]]:
     infos = [report.run_info(r) for r in report.runs]
     return [("student", [str(i["student"]) for i in infos]),
+            ("kind", [str(i["kind"]) for i in infos]),
             ("NFE / sample (student)", [fmt(i["student_nfe"]) for i in infos]),
             ("NFE / sample (reference)", [fmt(i["reference_nfe"]) for i in infos]),
             ("reference floor (ode_mse: solver + precision)", [_floor_cell(i) for i in infos]),
@@ -83,31 +100,33 @@ def _info_rows(report: Report) -> list[tuple[str, list[str]]]:
 # ---------------------------------------------------------------- terminal
 
 def print_report(console, report: Report) -> None:
-    from rich.table import Table
+    from rich.markup import escape
 
-    t = Table(title=_title(report), caption=BEST_NOTE)
-    t.add_column("metric")
-    for r in report.runs:
-        t.add_column(r.name, justify="right")
-    for label, vals in _info_rows(report):
-        t.add_row(f"[dim]{label}", *[f"[dim]{v}" for v in vals])
-    t.add_section()
-    for row in report.rows:
-        arrow = "↑" if row.higher_is_better else "↓"
-        t.add_row(f"{row.metric} {arrow}", *[f"[bold green]★ {_cell(row, i)}" if row.best == i else _cell(row, i)
-                                              for i in range(len(report.runs))])
-    console.print(t)
+    from odebench.table import print_grid
+
+    info = _info_rows(report)
+    labels = [f"[dim]{label}" for label, _ in info]
+    labels += [f"{row.metric} {'↑' if row.higher_is_better else '↓'}" for row in report.rows]
+    columns = []
+    for i, r in enumerate(report.runs):
+        cells = [f"[dim]{escape(vals[i])}" for _, vals in info]
+        cells += [f"[bold green]★ {_cell(row, i)}" if row.best == i else _cell(row, i) for row in report.rows]
+        columns.append((escape(r.name), cells))
+    print_grid(console, _title(report), labels, columns, caption=BEST_NOTE)
+    for metric, scale in scales(report):
+        console.print(f"[dim]scale of {metric}: {escape(scale)}")
     console.print(_context(report).replace("`", ""))
     for w in report.warnings:
         console.print(f"[yellow]warning: {w}")
+    for n in report.notes():
+        console.print(f"note: {n}")
     if report.agreements:
-        a = Table(title=f"does lower {report.ode_metric} go with better samples?", caption=AGREEMENT_NOTE)
-        for c in ("quality metric", "runs", "Spearman", "95% interval", "Kendall", "95% interval", "verdict"):
-            a.add_column(c)
-        for ag in report.agreements:
-            a.add_row(ag.metric, str(len(ag.runs)), _num(ag.spearman), _interval(ag.spearman_ci), _num(ag.kendall),
-                      _interval(ag.kendall_ci), ag.verdict)
-        console.print(a)
+        ags = report.agreements
+        print_grid(console, f"does lower {report.ode_metric} go with better samples?", [ag.metric for ag in ags],
+                   [("runs", [str(len(ag.runs)) for ag in ags]),
+                    ("Spearman [95%]", [f"{_num(ag.spearman)} {_interval(ag.spearman_ci)}" for ag in ags]),
+                    ("Kendall [95%]", [f"{_num(ag.kendall)} {_interval(ag.kendall_ci)}" for ag in ags]),
+                    ("verdict", [ag.verdict for ag in ags])], caption=AGREEMENT_NOTE, label_header="quality metric")
         for line in report.verdict_lines():
             console.print(f"verdict: {line}")
     else:
@@ -127,7 +146,9 @@ def markdown(report: Report, fig_files: dict[str, str], grid_files: dict[str, st
     out = [f"# {_title(report)}", "", _context(report), ""]
     for w in report.warnings:
         out.append(f"> **warning:** {_md_escape(w)}")
-    if report.warnings:
+    for n in report.notes():
+        out.append(f"> **note:** {_md_escape(n)}")
+    if report.warnings or report.notes():
         out.append("")
     out += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, vals in _info_rows(report):
@@ -136,7 +157,11 @@ def markdown(report: Report, fig_files: dict[str, str], grid_files: dict[str, st
         arrow = "↑" if row.higher_is_better else "↓"
         cells = [f"**{_cell(row, i)}**" if row.best == i else _cell(row, i) for i in range(len(report.runs))]
         out.append(f"| {row.metric} {arrow} | " + " | ".join(cells) + " |")
-    out += ["", BEST_NOTE, "", f"## Does lower {report.ode_metric} go with better samples?", ""]
+    out += ["", BEST_NOTE, ""]
+    out += [f"- scale of `{m}`: {_md_escape(sc)}" for m, sc in scales(report)]
+    out += ["", "<details><summary>Metric definitions (each metric's identity)</summary>", ""]
+    out += [f"- `{row.metric}`: {_md_escape(row.identity)}" for row in report.rows]
+    out += ["", "</details>", "", f"## Does lower {report.ode_metric} go with better samples?", ""]
     if report.agreements:
         out += ["| quality metric | runs | Spearman | 95% interval | Kendall | 95% interval | verdict |",
                 "|---|---:|---:|---|---:|---|---|"]
@@ -241,6 +266,7 @@ def html_page(report: Report) -> str:
              f"<style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body>",
              f"<h1>{e(_title(report))}</h1><p>{e(_context(report).replace('`', ''))}</p><p id=image-check></p>"]
     parts += [f"<div class=warn>warning: {e(w)}</div>" for w in report.warnings]
+    parts += [f"<div class=warn>note: {e(n)}</div>" for n in report.notes()]
     parts.append("<table id=metrics><thead><tr><th>metric</th>" + "".join(f"<th>{e(r.name)}</th>" for r in report.runs)
                  + "</tr></thead><tbody>")
     for label, vals in _info_rows(report):
@@ -251,6 +277,10 @@ def html_page(report: Report) -> str:
                         for i in range(len(report.runs)))
         parts.append(f"<tr><td title=\"{e(row.identity)}\">{e(row.metric)} {arrow}</td>{cells}</tr>")
     parts.append(f"</tbody></table><p class=note>{e(BEST_NOTE)}</p>")
+    parts += [f"<p class=note>scale of {e(m)}: {e(sc)}</p>" for m, sc in scales(report)]
+    parts.append("<details><summary>Metric definitions</summary><ul>"
+                 + "".join(f"<li><code>{e(row.metric)}</code>: {e(row.identity)}</li>" for row in report.rows)
+                 + "</ul></details>")
     parts.append(f"<h2>Does lower {e(report.ode_metric)} go with better samples?</h2>")
     if report.agreements:
         parts.append("<table id=agreement><thead><tr><th>quality metric</th><th>runs</th><th>Spearman</th><th>95% interval</th>"

@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 
 from odebench.errors import OdebenchError
+from odebench.students.kinds import DESCRIPTIVE_KINDS, STUDENT_KINDS
+
+LEGACY_KINDS = {"ReferenceStudent": "oracle", "SolverStudent": "solver"}
 
 
 @dataclass
@@ -18,9 +21,21 @@ class Run:
     _per_sample: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
+    def kind(self) -> str:
+        """What the student was trained to do: oracle | solver | trajectory | distribution | hybrid."""
+        kind = self.result["student"].get("kind")
+        # results written before student kinds held the class name there
+        return LEGACY_KINDS.get(kind, "trajectory") if kind not in STUDENT_KINDS else kind
+
+    @property
     def is_oracle(self) -> bool:
         """The `ref` row: the reference solver itself, zero ODE error by construction."""
-        return self.result["student"].get("kind") == "ReferenceStudent"
+        return self.kind == "oracle"
+
+    @property
+    def descriptive(self) -> bool:
+        """A distribution or hybrid student: its ODE error describes it, it does not grade it."""
+        return self.kind in DESCRIPTIVE_KINDS
 
     @property
     def grid(self) -> Path | None:

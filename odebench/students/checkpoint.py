@@ -17,20 +17,59 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.fileio import atomic_write_bytes, file_sha256, read_json_object
+from odebench.fileio import atomic_write_bytes, file_sha256, load_torch_tensors, read_json_object
+from odebench.schema import Bool, Int, Num, Obj, OneOf, Opt, Str, validate
+from odebench.teachers.base import GUIDANCE_FORMS
 
 FORMAT = "odebench-student"
 FORMAT_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 REQUIRED = ("weights", "architecture", "parameterisation", "sampler", "teacher", "guidance")
+
+# What the loaders read, with the ranges that keep them meaningful; free-form records stay unchecked.
+# Noise levels are bounded so that their squares stay far from float32 overflow.
+SIGMA = 1e8
+GUIDANCE = Obj({"w": Num(abs_le=1e6), "form": Str(GUIDANCE_FORMS), "uncond": Str(("null", "zeros", "empty-prompt")),
+                "imagen_w": Num()}, required=("w",))
+_SCHEDULE = Obj({"kind": Str(), "beta_schedule": Str(), "beta_start": Num(gt=0, lt=1), "beta_end": Num(gt=0, lt=1),
+                 "num_train_timesteps": Int(ge=2)}, required=("kind", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps"))
+# the fields each kind needs on top of SIDECAR (odebench.students.load.build_model and the samplers read them)
+KIND_SCHEMAS = {
+    ("architecture", "mlp"): Obj({"kind": Str(), "dim": Int(ge=1), "hidden": Int(ge=1), "depth": Int(ge=1),
+                                  "emb_dim": Int(ge=2, multiple_of=2), "num_classes": Opt(Int(ge=1))},
+                                 required=("kind", "dim", "hidden", "depth", "emb_dim"), extra=False),
+    ("architecture", "unet-lcm"): Obj(required=("unet_config",)),
+    ("parameterisation", "edm-cm"): Obj(required=("sigma_data", "sigma_min")),
+    ("parameterisation", "lcm"): Obj(required=("sigma_data", "sigma_min", "timestep_scaling")),
+    ("sampler", "lcm"): Obj(required=("num_train_timesteps",)),
+}
+SIDECAR = Obj({
+    "format": Str((FORMAT,)),
+    "format_version": Int(),
+    "weights": Str(nonempty=True),
+    "weights_sha256": Str(test=lambda h: len(h) == 64 and all(c in "0123456789abcdef" for c in h), what="64 lowercase hex digits"),
+    "architecture": Obj({"kind": Str(nonempty=True), "unet_config": Obj(), "schedule": _SCHEDULE, "null_class": Int(ge=0),
+                         "unet_class": Str()}, required=("kind",)),
+    "parameterisation": Obj({"kind": Str(nonempty=True), "sigma_data": Num(gt=0, le=SIGMA), "sigma_min": Num(ge=0, le=SIGMA),
+                             "timestep_scaling": Num(gt=0, le=1e6), "unet_timestep_offset": Num(abs_le=1e6),
+                             "scalings_timestep_offset": Num(abs_le=1e6), "skip": Str()}, required=("kind",)),
+    "sampler": Obj({"steps": Int(ge=1), "rho": Num(gt=0, le=1e3), "sigma_max": Num(gt=0, le=SIGMA), "grid": Str(), "kind": Str(),
+                    "num_train_timesteps": Int(ge=1), "grid_steps": Int(ge=1), "schedule": Str()}),
+    "teacher": Obj({"name": Str(), "fingerprint": Str(), "spec": OneOf(Obj(), Str(nonempty=True))}, required=("fingerprint",)),
+    "guidance": GUIDANCE,
+    "guidance_embedding": Obj({"w_lcm": Num(abs_le=1e6)}, required=("w_lcm",)),
+    "conditional": Bool(),
+    "step": Int(ge=0),
+    "dtype": Str(("float32", "float64", "float16", "bfloat16")),
+    "training": Obj(),
+    "ode": Obj(),
+}, required=REQUIRED)
 
 
 def save_student(stem: Path | str, state_dict: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> Path:
@@ -75,6 +114,7 @@ def _looks_like_sidecar(p: Path) -> bool:
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar at `path`, checked against SIDECAR (and its architecture's schema) before any use."""
     side = read_json_object(path, "student sidecar")
     if side.get("format") != FORMAT:
         raise OdebenchError(f"{path}: not an odebench student sidecar (\"format\" must be \"{FORMAT}\")")
@@ -83,6 +123,17 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in side]
     if missing:
         raise OdebenchError(f"{path}: student sidecar lacks {', '.join(missing)}")
+    validate(side, SIDECAR, str(path))
+    for (part, kind), schema in KIND_SCHEMAS.items():
+        if side[part].get("kind") == kind:
+            validate(side, Obj({part: schema}), str(path))
+    sampler, param = side["sampler"], side["parameterisation"]
+    if param.get("kind") == "edm-cm" and "sigma_max" in sampler and not sampler["sigma_max"] > param["sigma_min"]:
+        raise OdebenchError(f"{path}: \"sampler.sigma_max\" must be above \"parameterisation.sigma_min\" "
+                            f"({param['sigma_min']}), got {sampler['sigma_max']}")
+    if sampler.get("kind") == "lcm" and sampler.get("steps", 1) > sampler["num_train_timesteps"]:
+        raise OdebenchError(f"{path}: \"sampler.steps\" must be at most \"sampler.num_train_timesteps\" "
+                            f"({sampler['num_train_timesteps']}), got {sampler['steps']}")
     return side
 
 
@@ -99,13 +150,7 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> dict[str, to
             return load_file(str(path))
         except Exception as e:
             raise OdebenchError(f"{path}: unreadable safetensors file ({e})") from None
-    try:
-        with warnings.catch_warnings():  # torch warns about some pickle protocols; our error says it all
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OdebenchError(f"refusing to load {path}: not a plain tensor checkpoint ({first})") from None
+    state = load_torch_tensors(path, "student weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OdebenchError(f"{path}: expected a flat dict of tensors (a state dict)")
     return state

@@ -29,6 +29,8 @@ class ConsistencyStudent(Student):
         self.sigma_min = float(sidecar["parameterisation"]["sigma_min"])
         self.sigma_max = float(sampler.get("sigma_max", teacher_spec.get("sigma_max", 80.0) if isinstance(teacher_spec, dict) else 0.0))
         self.dtype = next(model.parameters()).dtype
+        # a flow teacher's student (odebench.teachers.flow): its noise level is t and it re-noises with the flow process
+        self.flow = isinstance(teacher_spec, dict) and teacher_spec.get("process") == "flow"
         self.trained_for = {"teacher": sidecar["teacher"].get("name"), "fingerprint": sidecar["teacher"].get("fingerprint"),
                             "guidance": sidecar["guidance"], "conditional": bool(sidecar.get("conditional", False))}
 
@@ -55,7 +57,10 @@ class ConsistencyStudent(Student):
         x0 = self(x_start, float(sigmas[0]), cond)
         for i in range(1, k):
             sig = float(sigmas[i])
-            x = x0 + math.sqrt(max(sig ** 2 - self.sigma_min ** 2, 0.0)) * noise(i).to(x0)
+            if self.flow:  # the teacher's forward process at t = sig: x_t = (1 - t) x0 + t z
+                x = (1 - sig) * x0 + sig * noise(i).to(x0)
+            else:
+                x = x0 + math.sqrt(max(sig ** 2 - self.sigma_min ** 2, 0.0)) * noise(i).to(x0)
             x0 = self(x, sig, cond)
         return x0
 

@@ -1,82 +1,37 @@
-"""LCM-parameterised consistency students of an SDXL teacher, from any of the usual checkpoints.
+"""Consistency students of a text-to-image UNet teacher (the UNET capability: SDXL, SD 1.x/2.x), from any
+of the usual checkpoints: an LCM-LoRA (diffusers / peft / kohya keys), a full LCM UNet (LCM-SDXL, with a
+guidance embedding), a direct-cms `checkpoint-*` LoRA folder, or odebench's own format.
 
-The consistency function at abar index i (x_vp = x / sqrt(1 + sigma_i^2) the VP latent):
-    x0_hat = (x_vp - sqrt(1 - abar_i) eps(x_vp, i + a)) / sqrt(abar_i)
-    f      = c_skip(i + b) x_skip + c_out(i + b) x0_hat,     (c_skip, c_out) = lcm_scalings (PAPER.md)
-with the conventions of each source (a = UNet timestep offset, b = scalings offset, x_skip = x_vp
-or the VE state x):
-    lcm    (LCM-LoRA, LCM-SDXL; diffusers' LCMScheduler)   a = 0, b = 0, x_skip = x_vp
-    paper  (layer6ai-labs/direct-cms checkpoints)          a = 1, b = 1, x_skip = x_vp  (1-indexed grid)
-    odebench (odebench.students.unet_lcm.UNetLCM)          a = 0, b = 1, x_skip = x
-Multistep sampling re-noises in VP form, x_vp = sqrt(abar_j) f + sqrt(1 - abar_j) z_j, with z_j from
-the sample's own noise stream j (LCMScheduler.step, Song et al. 2023 Alg. 1). Timesteps:
-    lcm:   LCMScheduler.set_timesteps (k of the 0-indexed 50-step grid, e.g. [999, 759, 499, 259])
-    paper: round(linspace) over the 1-indexed 100-point grid ([1000], [1000, 500], [1000, 750, 500, 250]).
-No CFG at sampling; LCM-SDXL's guidance embedding is sinusoidal in w_lcm = pipeline guidance_scale - 1.
+The consistency function is the one of odebench.students.lcm (parameterised by the teacher's prediction
+type and the student's timestep convention: lcm, paper or odebench). Multistep sampling re-noises with the
+teacher's forward process, x = x0 + sigma_j z_j in VE coordinates (= LCMScheduler.step's
+sqrt(abar_j) x0 + sqrt(1 - abar_j) z_j on the VP latent), z_j from the sample's own noise stream j
+(Song et al. 2023 Alg. 1). No CFG at sampling; LCM-SDXL's guidance embedding is sinusoidal in
+w_lcm = pipeline guidance_scale - 1.
 """
 from __future__ import annotations
 
 import copy
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
 from odebench.students.base import NoiseFn, Student
-from odebench.students.unet_lcm import lcm_scalings
-from odebench.teachers.base import Guidance
+from odebench.students.kinds import StudentKind, register
+from odebench.students.lcm import (CONVENTIONS, LCM, ODEBENCH, PAPER, LCMConvention, lcm_consistency,  # noqa: F401
+                                   student_timesteps)
+from odebench.teachers.base import UNET, Guidance
 
 LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
 
 
-@dataclass(frozen=True)
-class LCMConvention:
-    """How a student's network is called and sampled (see the module docstring)."""
-
-    name: str
-    unet_offset: float  # a: UNet timestep = abar index + a
-    scalings_offset: float  # b: c_skip / c_out at abar index + b
-    skip: str  # "vp" (LCMScheduler: c_skip multiplies the VP latent) or "ve"
-    schedule: str  # "lcm" (0-indexed LCMScheduler grid) or "paper" (1-indexed N-point grid)
-    grid_steps: int  # original_inference_steps (lcm, 50) or the paper grid's N (100)
-    trained_for: dict[str, Any] = field(default_factory=dict)  # guidance/grid the student was distilled on
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "unet_timestep": f"abar index + {self.unet_offset:g}",
-                "scalings_timestep": f"abar index + {self.scalings_offset:g}", "c_skip_on": self.skip,
-                "schedule": self.schedule, "grid_steps": self.grid_steps, "trained_for": self.trained_for}
-
-
-LCM = LCMConvention("lcm", 0, 0, "vp", "lcm", 50, {"guidance": "w ~ U[3, 15] (lcm form), sampled per item, zero uncond",
-                                                  "grid": "0-indexed 50-step DDIM grid (skip 20)"})
-PAPER = LCMConvention("paper", 1, 1, "vp", "paper", 100, {"guidance": Guidance(9.0, "imagen", "zeros").to_dict(),
-                                                         "grid": "1-indexed 100-point DDIM grid"})
-ODEBENCH = LCMConvention("odebench", 0, 1, "ve", "paper", 100, {})
-CONVENTIONS = {"lcm": LCM, "paper": PAPER, "odebench": ODEBENCH}
-
-
-def student_timesteps(convention: LCMConvention, k: int, num_train_timesteps: int = 1000) -> list[int]:
-    """The k sampling timesteps in the student's own indexing (descending)."""
-    n = convention.grid_steps
-    if k < 1 or k > n:
-        raise OdebenchError(f"{k} sampling steps: expected 1..{n} for a {convention.name} student")
-    if convention.schedule == "lcm":  # LCMScheduler.set_timesteps (diffusers), strength 1
-        origin = (np.arange(1, n + 1) * (num_train_timesteps // n) - 1)[::-1]
-        idx = np.floor(np.linspace(0, n, num=k, endpoint=False)).astype(np.int64)
-    else:  # the paper's 1-indexed grid T, T - T/N, ..., T/N; its LCM scheduler rounds the linspace
-        origin = (np.arange(1, n + 1) * (num_train_timesteps // n))[::-1]
-        idx = np.linspace(0, n, num=k, endpoint=False).round().astype(np.int64)
-    return [int(v) for v in origin[idx]]
-
-
-class SDXLConsistencyStudent(Student):
-    """A consistency student on the SDXL teacher's prompts, schedule and add_time_ids."""
+class UNetConsistencyStudent(Student):
+    """A consistency student on the teacher's prompts, schedule and micro-conditioning (a UNET teacher)."""
 
     variable_steps = True
 
@@ -87,7 +42,6 @@ class SDXLConsistencyStudent(Student):
         self.teacher = teacher
         self.convention = convention
         self.spec, self.name, self.steps = spec, name, int(steps)
-        self.offset = 1.0 if convention.schedule == "paper" else 0.0  # student timestep -> abar index
         proj = getattr(unet.config, "time_cond_proj_dim", None)
         if proj is not None and guidance_embedding_w is None:
             raise OdebenchError(f"{spec}: this UNet embeds the guidance weight (time_cond_proj_dim={proj}); "
@@ -105,54 +59,37 @@ class SDXLConsistencyStudent(Student):
     def _timestep_cond(self, batch: int) -> torch.Tensor | None:
         if self.embed_w is None:
             return None
-        from odebench.teachers.sdxl import guidance_scale_embedding
+        from odebench.teachers.text_to_image import guidance_scale_embedding
 
         return guidance_scale_embedding(torch.full((batch,), float(self.embed_w)), int(self.unet.config.time_cond_proj_dim))
 
-    def _abar(self, index: torch.Tensor) -> torch.Tensor:
-        """abar at (fractional) schedule indices, through log-sigma interpolation (exact at integers)."""
-        sigma = self.teacher.t_to_sigma(index.double())
-        return 1.0 / (1.0 + sigma ** 2)
-
-    def consistency(self, x_vp: torch.Tensor, index: torch.Tensor, cond) -> torch.Tensor:
-        """f at abar indices `index` (B,) for VP latents x_vp; returns the x0 estimate (float32)."""
-        c = self.convention
-        b = x_vp.shape[0]
-        abar = self._abar(index)
-        view = (-1,) + (1,) * (x_vp.dim() - 1)
-        a_sqrt = abar.sqrt().to(x_vp.dtype).reshape(view)
-        s_sqrt = (1 - abar).sqrt().to(x_vp.dtype).reshape(view)
-        ehs, pooled = self.teacher.condition_inputs(cond, b)
-        eps = self.teacher.run_unet(self.unet, x_vp, (index + c.unet_offset).float(), ehs, pooled, self._timestep_cond(b))
-        x0_hat = (x_vp - s_sqrt * eps) / a_sqrt
-        c_skip, c_out = lcm_scalings(index + c.scalings_offset)
-        skip = x_vp if c.skip == "vp" else x_vp / a_sqrt  # VE state x = x_vp / sqrt(abar)
-        return c_skip.to(x_vp.dtype).reshape(view) * skip + c_out.to(x_vp.dtype).reshape(view) * x0_hat
-
     @torch.no_grad()
     def __call__(self, x, sigma, cond):
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
-        index = self.teacher.sigma_to_t(sigma)
-        return self.consistency(x.float() / torch.sqrt(1 + sigma.float() ** 2).reshape(-1, 1, 1, 1), index, cond)
+        b = x.shape[0]
+        ehs, pooled = self.teacher.condition_inputs(cond, b)
+        t_cond = self._timestep_cond(b)
+
+        def model(x_vp, t):
+            return self.teacher.run_unet(self.unet, x_vp, t.float(), ehs, pooled, t_cond)
+
+        return lcm_consistency(x.float(), sigma, model, self.teacher.log_sigmas, self.teacher.prediction, self.convention)
 
     @torch.no_grad()
     def sample(self, x_start, cond, noise: NoiseFn, steps=None):
-        ts = self.timesteps(steps)
-        b = x_start.shape[0]
-        # x(sigma_max) = z sqrt(1 + sigma_max^2) in VE coordinates: the VP latent is z itself
-        x_vp = x_start.float() / (1.0 + self.teacher.sigma_max ** 2) ** 0.5
-        x0 = x_vp
-        for j, t in enumerate(ts):
-            index = torch.full((b,), float(t) - self.offset, dtype=torch.float64)
-            x0 = self.consistency(x_vp, index, cond)
-            if j + 1 < len(ts):
-                nxt = self._abar(torch.tensor([float(ts[j + 1]) - self.offset], dtype=torch.float64))
-                x_vp = float(nxt.sqrt()) * x0 + float((1 - nxt).sqrt()) * noise(j + 1).to(x0)
+        sigmas = [float(self.teacher.sigmas[int(t - self.convention.index_offset)]) for t in self.timesteps(steps)]
+        x = x_start.float()
+        for j, sig in enumerate(sigmas):
+            x0 = self(x, sig, cond)
+            if j + 1 < len(sigmas):
+                x = self.teacher.renoise(x0, sigmas[j + 1], noise(j + 1).to(x0))
         return x0
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "convention": self.convention.describe(), "timesteps": self.timesteps(),
-                "guidance_embedding_w_lcm": self.embed_w, "source": self.source}
+                "prediction": self.teacher.prediction, "guidance_embedding_w_lcm": self.embed_w, "source": self.source}
+
+
+SDXLConsistencyStudent = UNetConsistencyStudent  # the name before SD 1.x/2.x teachers
 
 
 # -- finding what a student path is ---------------------------------------------------------------
@@ -176,7 +113,7 @@ def _is_unet_dir(folder: Path) -> bool:
 
 
 def external_kind(spec: str) -> tuple[str, Path] | None:
-    """("lora" | "paper-lora" | "unet", path) for an SDXL student that is not an odebench checkpoint."""
+    """("lora" | "paper-lora" | "unet", path) for a UNet student that is not an odebench checkpoint."""
     from odebench.weights import _is_hub_id, resolve_weights
 
     p = Path(spec).expanduser()
@@ -200,23 +137,24 @@ def external_kind(spec: str) -> tuple[str, Path] | None:
     return None
 
 
-def _lora_unet(teacher, path: Path):
-    """A copy of the teacher UNet with the LoRA loaded through diffusers' LoRA loader (diffusers,
-    kohya and peft key layouts) and fused into its weights."""
-    from diffusers import StableDiffusionXLPipeline
+def lora_unet(teacher, path: Path, weight_name: str | None = None, scale: float = 1.0):
+    """(a copy of the teacher UNet with the LoRA fused in at `scale`, the LoRA file): loaded through diffusers'
+    LoRA loader of the teacher's pipeline class (diffusers, kohya and peft key layouts)."""
+    import diffusers
 
-    weights = _lora_file(path) if path.is_dir() else path
-    if weights is None:
-        raise OdebenchError(f"{path}: no {' or '.join(LORA_FILES)} found")
+    weights = (path / weight_name if weight_name else _lora_file(path)) if path.is_dir() else path
+    if weights is None or not weights.is_file():
+        raise OdebenchError(f"{path}: no {weight_name or ' or '.join(LORA_FILES)} found")
     if weights.suffix == ".bin":
         raise OdebenchError(f"{weights}: only .safetensors LoRA files are loaded (a .bin file may hold pickled code)")
     unet = copy.deepcopy(teacher.unet)
+    loader = getattr(diffusers, teacher.pipeline)
     try:
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import get_peft_model_state_dict
 
         # the adapter metadata carries peft's lora_alpha: without it an alpha != rank LoRA loads mis-scaled
-        state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+        state, alphas, metadata = loader.lora_state_dict(
             str(weights.parent), weight_name=weights.name, local_files_only=True, return_lora_metadata=True)
         unet_sd = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
         if not unet_sd:
@@ -225,12 +163,12 @@ def _lora_unet(teacher, path: Path):
         # only the attention projections (lora.down/up) and leaves the rest as lora_A/B; diffusers' loader
         # then silently drops the renamed ones (measured with diffusers 0.42)
         peft_sd = convert_unet_state_dict_to_peft(unet_sd)
-        StableDiffusionXLPipeline.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
+        loader.load_lora_into_unet({f"unet.{k}": v for k, v in peft_sd.items()}, alphas, unet=unet,
                                                       adapter_name="student", metadata=metadata)
         loaded = len(get_peft_model_state_dict(unet, adapter_name="student"))
         if loaded != len(peft_sd):
             raise OdebenchError(f"{weights}: only {loaded} of {len(peft_sd)} LoRA tensors fit the teacher UNet")
-        unet.fuse_lora(lora_scale=1.0)
+        unet.fuse_lora(lora_scale=float(scale))
         unet.unload_lora()
     except OdebenchError:
         raise
@@ -250,19 +188,19 @@ def _mismatch(teacher, trained: Guidance | None, what: str) -> str | None:
 
 
 def load_external_student(spec: str, teacher, *, steps: int | None = None, guidance: Guidance | None = None,
-                          convention: str | None = None, allow_mismatch: bool = False):
-    """(student, mismatch note) for an LCM-LoRA, an LCM-SDXL UNet or a direct-cms checkpoint."""
-    from odebench.teachers.sdxl import SDXLTeacher
+                          convention: str | None = None, allow_mismatch: bool = False, found=None):
+    """(student, mismatch note) for an LCM-LoRA, an LCM UNet (LCM-SDXL) or a direct-cms checkpoint."""
     from odebench.weights import file_sha256
 
-    found = external_kind(spec)
+    found = found or external_kind(spec)
     if found is None:
         raise OdebenchError(f"{spec}: not a LoRA file/folder, a UNet folder or a checkpoint-* directory")
     kind, path = found
     if convention is not None and convention not in CONVENTIONS:
         raise OdebenchError(f"unknown student convention {convention!r}: expected one of {', '.join(CONVENTIONS)}")
-    if not isinstance(teacher, SDXLTeacher):
-        raise OdebenchError(f"{spec} is an SDXL student ({kind}); this run's teacher is {teacher.name!r}: pass --teacher sdxl or a folder")
+    if not teacher.has(UNET):
+        raise OdebenchError(f"{spec} is a UNet student ({kind}); this run's teacher {teacher.name!r} has no UNet: "
+                            f"pass --teacher with the pipeline it was distilled from (sdxl or a folder)")
     conv = CONVENTIONS[convention] if convention else (PAPER if kind == "paper-lora" else LCM)
     name = path.parent.name if path.name in ("unet", "unet_lora") else path.stem if path.is_file() else path.name
     embed_w = None
@@ -275,16 +213,16 @@ def load_external_student(spec: str, teacher, *, steps: int | None = None, guida
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OdebenchError(f"cannot load the UNet {path}: {msg[:300]}") from None
         unet = unet.to(teacher.device)
-        from odebench.teachers.sdxl import _weights_file
+        from odebench.teachers.text_to_image import weights_file
 
-        wfile = _weights_file(path)
+        wfile = weights_file(path)
         if unet.config.time_cond_proj_dim is not None:
             # LCM-SDXL: the embedded w selects the ODE; the pipeline embeds guidance_scale - 1 (lcm form)
             g = guidance or Guidance(teacher.guidance.imagen_w, "imagen", "zeros")
             embed_w = g.imagen_w - 1.0
             guidance = Guidance(g.w, g.form, "zeros" if g.uncond == "null" else g.uncond)
     else:
-        unet, wfile = _lora_unet(teacher, path)
+        unet, wfile = lora_unet(teacher, path)
     if kind == "paper-lora" and guidance is None:
         guidance = Guidance.from_dict(PAPER.trained_for["guidance"])
     if guidance is not None and guidance.uncond == "null":
@@ -295,9 +233,54 @@ def load_external_student(spec: str, teacher, *, steps: int | None = None, guida
     trained_for = {"kind": kind, "guidance": guidance.to_dict() if guidance else conv.trained_for.get("guidance"),
                    "grid": conv.trained_for.get("grid"), "teacher": teacher.name}
     source = {"path": str(path), "weights": f"{wfile.name} sha256:{file_sha256(wfile)[:16]}"}
-    student = SDXLConsistencyStudent(unet, teacher, conv, spec=spec, name=name, steps=steps or 4,
+    student = UNetConsistencyStudent(unet, teacher, conv, spec=spec, name=name, steps=steps or 4,
                                      guidance_embedding_w=embed_w, trained_for=trained_for, source=source)
     return student, note
+
+
+class ExternalUNetKind(StudentKind):
+    """A student file that is not an odebench checkpoint, recognised by its layout (`external_kind`)."""
+
+    layout = ""  # the external_kind it claims
+
+    def matches(self, spec):
+        if spec.lower().endswith(".json"):
+            return False
+        try:
+            found = external_kind(spec)
+        except OdebenchError:  # a hub id that is not on this machine: loading gives the "put it here" error
+            return self.layout == "lora"
+        return found is not None and found[0] == self.layout
+
+    def load(self, spec, ctx):
+        return load_external_student(spec, ctx.teacher, guidance=ctx.guidance, convention=ctx.convention,
+                                     allow_mismatch=ctx.allow_mismatch)
+
+
+class LoRAKind(ExternalUNetKind):
+    name = "lcm-lora"
+    layout = "lora"
+    priority = 50
+    help = ("an LCM-LoRA (UNet teachers: a LoRA file or folder, diffusers/peft/kohya keys, or a cached hub id; "
+            "LCMScheduler conventions)")
+
+
+class PaperCheckpointKind(ExternalUNetKind):
+    name = "direct-cms"
+    layout = "paper-lora"
+    priority = 51
+    help = "a direct-cms checkpoint-* LoRA folder (the paper's code: 1-indexed 100-point grid, imagen w = 9)"
+
+
+class LCMUNetKind(ExternalUNetKind):
+    name = "lcm-unet"
+    layout = "unet"
+    priority = 52
+    help = "an LCM UNet folder (e.g. LCM-SDXL, with its guidance embedding)"
+
+
+for _kind in (LoRAKind(), PaperCheckpointKind(), LCMUNetKind()):
+    register(_kind)
 
 
 # -- the odebench format for SDXL students ------------------------------------------------------------
@@ -321,7 +304,7 @@ def build_odebench_sdxl_student(side: dict[str, Any], source: Path, state: dict[
                          str(side["sampler"].get("schedule", "paper")), int(side["sampler"].get("grid_steps", 100)), {})
     embed = side.get("guidance_embedding")
     name = source.stem if source.stem != "student" else source.parent.name
-    return SDXLConsistencyStudent(unet, teacher, conv, spec=str(source), name=name, steps=int(side["sampler"].get("steps", 1)),
+    return UNetConsistencyStudent(unet, teacher, conv, spec=str(source), name=name, steps=int(side["sampler"].get("steps", 1)),
                                   guidance_embedding_w=None if embed is None else float(embed["w_lcm"]),
                                   trained_for={"teacher": side["teacher"].get("name"), "fingerprint": side["teacher"].get("fingerprint"),
                                                "guidance": side["guidance"], "conditional": True, **({"ode": side["ode"]} if "ode" in side else {})},

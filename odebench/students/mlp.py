@@ -50,6 +50,15 @@ class MLPConsistency(nn.Module):
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
 
+    state_dtype = None  # the ODE state is the weights' dtype
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    def checkpoint_keys(self) -> list[str] | None:
+        return None  # every tensor
+
     def config(self) -> dict:
         return {"kind": "mlp", "dim": self.dim, "hidden": self.net[0].out_features,
                 "depth": sum(isinstance(m, nn.Linear) for m in self.net) - 1,

@@ -13,7 +13,7 @@ class ReferenceStudent(Student):
     """Samples are the run's reference endpoints (taken from the reference set, so the error is
     exactly zero); the consistency function is a fresh reference solve from (x, sigma)."""
 
-    is_reference = True
+    kind = "oracle"
 
     def __init__(self, teacher: Teacher, spec: SolverSpec) -> None:
         self.teacher = teacher

@@ -10,56 +10,35 @@ sigma down to sigma_min.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from odebench.ode.grids import karras_sigmas
+from odebench.ode.steps import METHODS, nfe, solve
 from odebench.students.base import NoiseFn, Student
 from odebench.teachers.base import Teacher
 
-SOLVER_KINDS = {"ddim": "euler", "euler": "euler", "heun": "heun", "dpm2": "dpm2"}
-# bump when the numbers of `solve` change: cached solver-row outputs carry it in their key
+SOLVER_KINDS = METHODS  # ddim | euler | heun | dpm2 (odebench.ode.steps)
+# bump when the numbers of `solve` (odebench.ode.steps) change: cached solver-row outputs carry it in their key
 SOLVER_NUMERICS = 1
 
 
 class SolverStudent(Student):
+    kind = "solver"
+
     def __init__(self, teacher: Teacher, kind: str, steps: int, spec: str | None = None) -> None:
         self.teacher = teacher
-        self.kind = kind
-        self.method = SOLVER_KINDS[kind]
+        self.method_name = kind
+        self.method = METHODS[kind]
         self.steps = steps
         self.spec = spec or f"{kind}:{steps}"
         self.name = f"{kind}-{steps}"
 
     def nfe(self, steps: int | None = None) -> int:
-        k = self.steps if steps is None else steps
-        return k if self.method == "euler" else 2 * k - 1
-
-    def _d(self, x: torch.Tensor, sigma: float, cond) -> torch.Tensor:
-        return self.teacher.denoise(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), cond)
+        return nfe(self.method_name, self.steps if steps is None else steps)
 
     def solve(self, x: torch.Tensor, sigmas: torch.Tensor, cond) -> torch.Tensor:
         """Integrate dx/dsigma = (x - D)/sigma over `sigmas` (descending, > 0) then jump to sigma = 0."""
-        s = [float(v) for v in sigmas]
-        for i, sig in enumerate(s):
-            d = self._d(x, sig, cond)
-            if i == len(s) - 1:
-                return d  # Euler step to sigma = 0 lands exactly on D(x, sigma_K)
-            nxt = s[i + 1]
-            slope = (x - d) / sig
-            if self.method == "euler":
-                x = x + (nxt - sig) * slope
-            elif self.method == "heun":
-                x_e = x + (nxt - sig) * slope
-                slope2 = (x_e - self._d(x_e, nxt, cond)) / nxt
-                x = x + (nxt - sig) * 0.5 * (slope + slope2)
-            else:  # dpm2: midpoint in log sigma
-                mid = math.sqrt(sig * nxt)
-                x_m = x + (mid - sig) * slope
-                slope_m = (x_m - self._d(x_m, mid, cond)) / mid
-                x = x + (nxt - sig) * slope_m
-        raise AssertionError("unreachable")
+        return solve(self.teacher, x, sigmas, cond, self.method_name)
 
     @torch.no_grad()
     def sample(self, x_start, cond, noise: NoiseFn, steps=None):

@@ -15,37 +15,20 @@ from typing import Any
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import Guidance, check_network_dtype, network_dtype_name
-from odebench.teachers.discrete import DiscreteVPTeacher, scaled_linear_alphas_cumprod
+from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, Guidance, check_network_dtype, network_dtype_name
+from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule  # noqa: F401 (re-exported)
+from odebench.teachers.family import PaperGrid, TeacherFamily, register
 
 TEACHER_FORMAT = "odebench-teacher"
-
-
-def alphas_cumprod_from_schedule(schedule: dict[str, Any]) -> torch.Tensor:
-    if schedule.get("kind") != "discrete-vp" or schedule.get("beta_schedule") != "scaled_linear":
-        raise OdebenchError(f"unsupported schedule {schedule!r} (this odebench knows discrete-vp scaled_linear)")
-    return scaled_linear_alphas_cumprod(float(schedule["beta_start"]), float(schedule["beta_end"]),
-                                        int(schedule["num_train_timesteps"]))
 
 
 class UNetClassTeacher(DiscreteVPTeacher):
     """D(x, sigma, label) of a class-conditional UNet2DModel through the discrete-schedule adapter."""
 
+    family = "digits"
+    capabilities = frozenset({DISCRETE, DECODES, SCHEDULER})
     default_conditional = True
     default_samples = 512  # cold default run within ~3 min on 2 CPU cores; FD stderr still reported
-    solver_rows = ("ddim:1", "ddim:2", "ddim:4", "ddim:8", "heun:4")
-
-    @property
-    def default_students(self) -> tuple[str, ...]:
-        """The solver rows, the shipped CM / Direct CM students distilled from this teacher, and ref."""
-        from odebench.students.load import SHIPPED, shipped_path
-
-        shipped = []
-        for name in SHIPPED:
-            path = Path(shipped_path(name))
-            if path.is_file() and json.loads(path.read_text())["teacher"].get("fingerprint") == self.fingerprint():
-                shipped.append(name)
-        return (*self.solver_rows, *shipped, "ref")
 
     def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction: str, num_classes: int, null_class: int,
                  weights_sha256: str, name: str = "unet", guidance: Guidance | None = None, spec: Any = None,
@@ -83,14 +66,12 @@ class UNetClassTeacher(DiscreteVPTeacher):
     def _model(self, x_in, t, cond):
         return self._unet(x_in, t, self._labels(cond, x_in.shape[0]))
 
-    def _denoise_pair(self, x, sigma, cond):
+    def _model_pair(self, x_in, t, cond):
         """Both CFG branches in one UNet batch (the null label, then the requested one)."""
-        s, c_in = self._scalings(x, sigma)
-        t = self.model_timestep(sigma)
-        b = x.shape[0]
-        x_in = (x * c_in).repeat(2, *([1] * (x.dim() - 1)))
-        out = self._unet(x_in, t.repeat(2), torch.cat([self._labels(None, b), self._labels(cond, b)]))
-        return self._to_denoised(x, s, c_in, out[:b]), self._to_denoised(x, s, c_in, out[b:])
+        b = x_in.shape[0]
+        out = self._unet(x_in.repeat(2, *([1] * (x_in.dim() - 1))), t.repeat(2),
+                         torch.cat([self._labels(None, b), self._labels(cond, b)]))
+        return out[:b], out[b:]
 
     @property
     def network_dtype(self) -> str:
@@ -149,3 +130,30 @@ def load_unet_teacher(sidecar_path: Path, name: str, spec: Any = None) -> UNetCl
                             side["num_classes"], side["null_class"], sha, name=name,
                             guidance=Guidance.from_dict(g), spec=spec if spec is not None else name,
                             schedule={k: schedule[k] for k in ("kind", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps")})
+
+
+class DigitsFamily(TeacherFamily):
+    """The embedded digits teacher (weights in odebench/assets/digits)."""
+
+    name = "digits"
+    help = "the embedded class-conditional pixel UNet (digits)"
+    presets = {"digits": "class-conditional 8x8 pixel UNet (diffusers), eps-prediction on SD's discrete VP schedule, "
+                         "trained here on sklearn digits"}
+    paper_grid = PaperGrid()
+    default_rows = ("ddim:1", "ddim:2", "ddim:4", "ddim:8", "heun:4", "ref")
+
+    def matches(self, spec) -> bool:
+        return isinstance(spec, (str, Path)) and str(spec) == "digits"
+
+    def load(self, spec, **options) -> UNetClassTeacher:
+        from importlib import resources
+
+        return load_unet_teacher(Path(str(resources.files("odebench.assets").joinpath("digits", "teacher.json"))), "digits")
+
+    def quality(self, teacher, conditions, seed, n, selection="auto", weights=None, device=None, fd_bootstrap=10):
+        from odebench.quality import DigitsQuality
+
+        return DigitsQuality(teacher, conditions, n)
+
+
+register(DigitsFamily())

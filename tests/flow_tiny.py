@@ -1,0 +1,139 @@
+"""Tiny random SD3 and FLUX.1 pipelines (DESIGN.md section 9), saved the way the real ones are laid out.
+
+SD3: SD3Transformer2DModel, two CLIPTextModelWithProjection encoders (CLIP BPE tokenizers written here),
+T5EncoderModel with a Unigram T5 tokenizer built from a vocabulary written here, a 16-channel AutoencoderKL
+with SD3's scaling and shift factors, FlowMatchEulerDiscreteScheduler(shift=3). FLUX.1: FluxTransformer2DModel
+(guidance embedding on or off), CLIPTextModel + T5, the dynamic-shift scheduler config. Everything goes
+through save_pretrained into diffusers folders, so tests load them through the real path.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sdxl_tiny import write_tokenizer
+
+CLIP = 16  # each CLIP encoder's width (SD3 concatenates two: 32 = T5's width)
+T5 = 32
+LATENT_CHANNELS = 16
+LATENT = 8  # latent side; the VAE's factor is 2, so 16 px
+T5_LENGTH = 16  # max_sequence_length the tests use (the pipelines' defaults are 256 / 512)
+
+
+def write_t5_tokenizer(folder: Path) -> Path:
+    """A Unigram T5 tokenizer (tokenizer.json) over letters and a few words, with T5's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab += [("▁" + w, -0.5) for w in ("a", "the", "red", "fox", "in", "snow", "bowl", "of", "at")] + [("▁", -2.0)]
+    tk = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tok = T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                          model_max_length=512)
+    assert len(tok) > 2
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def clip_config(tok, hidden: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          hidden_act="gelu", layer_norm_eps=1e-5)
+
+
+def t5_encoder(tok, seed: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=T5, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)).eval()
+
+
+def tiny_vae(seed: int, scaling: float, shift: float):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(8, 16),
+                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=2 * LATENT,
+                         scaling_factor=scaling, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False).eval()
+
+
+def tiny_sd3_transformer(seed: int = 0):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(sample_size=LATENT, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+                                 num_layers=2, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=T5,
+                                 caption_projection_dim=16, pooled_projection_dim=2 * CLIP, pos_embed_max_size=16).eval()
+
+
+def tiny_flux_transformer(seed: int = 0, guidance_embeds: bool = True):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5,
+                                  pooled_projection_dim=CLIP, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8)).eval()
+
+
+def build_tiny_sd3(root: Path, seed: int = 0, t5: bool = True) -> Path:
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i, sub in enumerate(("", "_2")):
+        write_tokenizer(root / f"tokenizer{sub}")
+        tok = CLIPTokenizer.from_pretrained(str(root / f"tokenizer{sub}"))
+        torch.manual_seed(seed + 1 + i)
+        CLIPTextModelWithProjection(clip_config(tok, CLIP)).eval().save_pretrained(str(root / f"text_encoder{sub}"))
+    index = {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+             "text_encoder_3": [None, None], "tokenizer_3": [None, None],
+             "image_encoder": [None, None], "feature_extractor": [None, None]}
+    if t5:
+        write_t5_tokenizer(root / "tokenizer_3")
+        t5_encoder(T5TokenizerFast.from_pretrained(str(root / "tokenizer_3")), seed + 3).save_pretrained(str(root / "text_encoder_3"))
+        index.update(text_encoder_3=["transformers", "T5EncoderModel"], tokenizer_3=["transformers", "T5TokenizerFast"])
+    tiny_sd3_transformer(seed).save_pretrained(str(root / "transformer"))
+    tiny_vae(seed, 1.5305, 0.0609).save_pretrained(str(root / "vae"))
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}))
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+def build_tiny_flux(root: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    from transformers import CLIPTextModel, CLIPTokenizer, T5TokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(root / "tokenizer")
+    tok = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    torch.manual_seed(seed + 1)
+    CLIPTextModel(clip_config(tok, CLIP)).eval().save_pretrained(str(root / "text_encoder"))
+    write_t5_tokenizer(root / "tokenizer_2")
+    t5_encoder(T5TokenizerFast.from_pretrained(str(root / "tokenizer_2")), seed + 2).save_pretrained(str(root / "text_encoder_2"))
+    tiny_flux_transformer(seed, guidance_embeds).save_pretrained(str(root / "transformer"))
+    tiny_vae(seed, 0.3611, 0.1159).save_pretrained(str(root / "vae"))
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+         "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+         "max_image_seq_len": 4096}))
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+             "image_encoder": [None, None], "feature_extractor": [None, None]}
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
