@@ -97,7 +97,10 @@ def print_run_table(console, outcomes) -> None:
         for metric, why in skipped.items():
             console.print(f"skipped {metric}: {why}")
     if floor:
-        console.print(f"reference floor (ode_mse vs 10x tighter solve, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}")
+        parts = floor.get("parts", {})
+        split = (f" = solver {fmt(parts['solver']['ode_mse'])} + precision {fmt(parts['precision']['ode_mse'])}"
+                 if "solver" in parts and "precision" in parts else "")
+        console.print(f"reference floor (ode_mse, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}{split}")
     console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")
 
 
