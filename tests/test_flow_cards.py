@@ -16,7 +16,6 @@ from flow_tiny import T5_LENGTH, build_tiny_flux, build_tiny_sd3, tiny_flux_tran
 from sdxl_tiny import CAPTIONS  # noqa: E402
 
 from odebench.errors import OdebenchError  # noqa: E402
-from odebench.teachers.base import Guidance  # noqa: E402
 
 PX = 16
 

@@ -117,6 +117,15 @@ def read_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def save_card(path: Path, card: dict[str, Any]) -> Path:
+    """Write `card` atomically and check it reads back (odebench's flow trainers export their students as cards)."""
+    from odebench.fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(card, indent=1) + "\n").encode())
+    read_card(Path(path))
+    return Path(path)
+
+
 def _local(path: Path, value: str) -> str:
     """A weights path relative to the card's folder when it exists there; else as given (an absolute path or hub id)."""
     beside = path.parent / value
