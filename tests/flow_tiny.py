@@ -146,9 +146,10 @@ FLOW_LORA_TEST_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "to_
 def write_flow_lora(transformer, folder: Path, pipeline: str, seed: int = 3, rank: int = 4, alpha: float | None = None,
                     layout: str = "peft", gain: float = 2.0):
     """A tiny random LoRA (init_lora_weights=False: A and B both random) on a flow transformer, written with the
-    pipeline's save_lora_weights: layout "peft" (peft keys lora_A/B, lora_alpha = `alpha` in the file's metadata) or
-    "released" (the old lora.down/up names of convert_state_dict_to_diffusers, alpha = rank). Returns (the file,
-    the transformer's state dict with the LoRA merged by peft)."""
+    pipeline's save_lora_weights: layout "peft" (peft keys lora_A/B, lora_alpha = `alpha` in the file's metadata),
+    "released" (the old lora.down/up names of convert_state_dict_to_diffusers, alpha = rank) or "alphas" (peft keys
+    and a per-module `.alpha` tensor, no metadata, as many FLUX LoRAs ship; written with safetensors). Returns (the
+    file, the transformer's state dict with the LoRA merged by peft)."""
     import copy
 
     import diffusers
@@ -176,8 +177,17 @@ def write_flow_lora(transformer, folder: Path, pipeline: str, seed: int = 3, ran
         metadata = config.to_dict()
         metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in metadata.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    getattr(diffusers, pipeline).save_lora_weights(str(folder), transformer_lora_layers=layers,
-                                                   transformer_lora_adapter_metadata=metadata)
+    if layout == "alphas":
+        from safetensors.torch import save_file
+
+        state = {f"transformer.{k}": v.contiguous() for k, v in layers.items()}
+        for k in layers:
+            if k.endswith(".lora_A.weight"):
+                state[f"transformer.{k[:-len('.lora_A.weight')]}.alpha"] = torch.tensor(float(alpha or rank))
+        save_file(state, str(folder / "pytorch_lora_weights.safetensors"))
+    else:
+        getattr(diffusers, pipeline).save_lora_weights(str(folder), transformer_lora_layers=layers,
+                                                       transformer_lora_adapter_metadata=metadata)
     transformer.fuse_lora()
     transformer.unload_lora()
     return folder / "pytorch_lora_weights.safetensors", {k: v.detach().clone() for k, v in transformer.state_dict().items()}

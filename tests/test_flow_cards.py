@@ -81,16 +81,16 @@ def _pipeline_latents(pipe, family, z, k, guidance_scale):
     return unpack_latents(out, *z.shape[2:]) if family == "flux-dev" else out
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux-dev"])
-@pytest.mark.parametrize("layout", ["peft", "released"])
-def test_flow_lora_loads_in_both_key_layouts(teachers, tmp_path, family, layout):
-    """peft keys with lora_alpha != rank in the file's metadata, and the old lora.down/up names: the fused transformer
-    equals peft's own merge of the same LoRA and differs from the teacher's."""
+@pytest.mark.parametrize("family,layout", [("sd3", "peft"), ("sd3", "released"), ("flux-dev", "peft"), ("flux-dev", "released"),
+                                           ("flux-dev", "alphas")])
+def test_flow_lora_loads_in_every_key_layout(teachers, tmp_path, family, layout):
+    """peft keys with lora_alpha != rank in the file's metadata, the old lora.down/up names, and (FLUX) per-module alpha
+    tensors != rank: the fused transformer equals peft's own merge of the same LoRA and differs from the teacher's."""
     from odebench.students.kinds import load_student
 
     teacher = teachers[family]
     _, merged = write_flow_lora(teacher.transformer, tmp_path / "lora", PIPELINES[family],
-                                alpha=8 if layout == "peft" else None, layout=layout)
+                                alpha=None if layout == "released" else 8, layout=layout)
     student, note = load_student(str(write_card(tmp_path / "card.json", weights={"lora": "lora"})), teacher)
     assert student.format == "card" and student.kind == "hybrid" and "declares no single teacher ODE" in note
     got = student.transformer.state_dict()
@@ -189,6 +189,25 @@ def test_bad_flow_cards_are_one_line_errors(dirs, teachers, tmp_path):
              (load_teacher("gmm-flow"), {"weights": None, "guidance_scale": 2.0}, "guidance_scale\" does not apply"),
              (load_teacher("gmm-flow"), {"weights": {"lora": "x"}}, "an analytic flow teacher"),
              (load_teacher("gmm-flow"), {"weights": None, "parameterisation": {"kind": "trigflow"}}, "sampled by SCMScheduler")]
+    # SD3's pipeline refuses a LoRA file with per-module alphas (keys without "lora"); so does the card
+    write_flow_lora(sd3.transformer, tmp_path / "alphas", "StableDiffusion3Pipeline", alpha=8, layout="alphas")
+    cases.append((sd3, {"weights": {"lora": "alphas"}}, "are not LoRA weights"))
     for teacher, fields, msg in cases:
         with pytest.raises(OdebenchError, match=msg):
             load_student(str(write_card(tmp_path / "bad.json", **fields)), teacher)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_flow_card_on_the_analytic_teacher_is_the_row(tmp_path, k):
+    """A card with "weights": null on gmm-flow samples the teacher's own velocity: the FlowMatchEuler card equals the
+    flow-euler:K row on the same noise."""
+    from odebench.students.kinds import load_student
+    from odebench.teachers import load_teacher
+
+    teacher = load_teacher("gmm-flow")
+    card, _ = load_student(str(write_card(tmp_path / "c.json", weights=None,
+                                          scheduler={"class": "FlowMatchEulerDiscreteScheduler", "steps": k})), teacher)
+    row, _ = load_student(f"flow-euler:{k}", teacher)
+    z, noise = _noise(8, teacher.shape, 2)
+    torch.testing.assert_close(card.sample(z, None, noise), row.sample(z, None, noise))
+    assert card.nfe() == row.nfe() == k

@@ -10,6 +10,7 @@ lora_scale=scale)` does). Only .safetensors files are read.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 
@@ -38,10 +39,16 @@ def lora_transformer(teacher, path: Path, weight_name: str | None = None, scale:
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import get_peft_model_state_dict
 
+        # FluxPipeline's loader pops per-module alphas out of the state dict: ask for them back
+        extra = {"return_alphas": True} if "return_alphas" in inspect.signature(loader.lora_state_dict).parameters else {}
         out = loader.lora_state_dict(str(weights.parent), weight_name=weights.name, local_files_only=True,
-                                     use_safetensors=True, return_lora_metadata=True)
-        state, metadata = out[0], out[-1]  # FluxPipeline may return (state, alphas, metadata)
-        alphas = out[1] if len(out) == 3 else None
+                                     use_safetensors=True, return_lora_metadata=True, **extra)
+        state, metadata = out[0], out[-1]
+        alphas = out[1] if extra else None
+        odd = [k for k in state if k.startswith("transformer.") and "lora" not in k]
+        if odd:  # e.g. per-module alphas, which StableDiffusion3Pipeline refuses too: never drop a scale silently
+            raise OdebenchError(f"{weights}: {len(odd)} transformer keys are not LoRA weights (e.g. {odd[0]}); "
+                                f"{teacher.pipeline}'s LoRA loader does not read them")
         sub = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.") and "lora" in k}
         if not sub:
             raise OdebenchError(f"{weights}: no transformer LoRA weights in the file (keys start with 'transformer.')")
