@@ -50,6 +50,7 @@ class ImageRecipe:
     micro_conditioning: bool = False  # SDXL's add_time_ids per training crop
     teacher_ode: Callable = lambda base, cfg: {}  # what the record says about that ODE
     load_options: Callable = lambda options: {}  # extra load_teacher options (SDXL: the separate VAE)
+    record_key: str = "image"  # where train_config.json keeps the image options (SDXL's runs say "sdxl": --resume reads them)
 
 
 def train_image_student(cfg: DistillConfig, teacher_spec: str, out: Path, options: ImageOptions, recipe: ImageRecipe,
@@ -83,9 +84,10 @@ def train_image_student(cfg: DistillConfig, teacher_spec: str, out: Path, option
     data = SDXLCaptionData(teacher, options.data, options.resolution, options.vae_batch, items=items,
                            micro_conditioning=recipe.micro_conditioning)
     record = {"config": asdict(cfg), "teacher": base.fingerprint(), "guidance": base.guidance.to_dict(),
-              "conditional": True, "sdxl": {**options.to_record(), "mixed_precision": rt.mixed_precision,
-                                           "gradient_checkpointing": checkpointing, "optimizer": opt_kind,
-                                           "data_identity": folder_identity(data.items)}}
+              "conditional": True,
+              recipe.record_key: {**options.to_record(), "mixed_precision": rt.mixed_precision,
+                                  "gradient_checkpointing": checkpointing, "optimizer": opt_kind,
+                                  "data_identity": folder_identity(data.items)}}
     if record_run is not None:
         record_run(record, rt.is_main)
 

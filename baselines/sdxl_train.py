@@ -52,7 +52,7 @@ def _recipe() -> ImageRecipe:
         ode_teacher=lambda base: base.with_timestep_shift(1.0),
         teacher_ode=lambda base, cfg: {"grid": "1-indexed, N points (PAPER.md)",
                                        "unet_timesteps": "the integer t, abar at t - 1 (released code)"},
-        load_options=lambda options: {"vae": options.vae})
+        load_options=lambda options: {"vae": options.vae}, record_key="sdxl")
 
 
 def train_sdxl_student(cfg: DistillConfig, teacher_spec: str, out: Path, options: ImageOptions, guidance=None,
