@@ -164,7 +164,7 @@ def test_flow_card_run_needs_no_other_flag(dirs, tmp_path):
                       scheduler={"class": "FlowMatchEulerDiscreteScheduler", "steps": 2})
     res = CliRunner().invoke(app, ["run", "--student", str(card), "--samples", "2", "--floor-samples", "0", "--curve-points", "2",
                                    "--curve-samples", "2", "--rtol", "1e-3", "--atol", "1e-3", "--metrics", "ode",
-                                   "--height", str(PX), "--width", str(PX), "--device", "cpu", "--out", str(tmp_path / "runs")])
+                                   "--device", "cpu", "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "runs" / "hyper-like" / "result.json").read_text())
     assert r["teacher"]["origin"] == f"card {card}" and r["teacher"]["guidance"]["imagen_w"] == 3.0
