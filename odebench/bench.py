@@ -1,7 +1,6 @@
 """`odebench run`: reference solutions, student samples from the same noise, metrics, result files."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ class RunConfig:
     batch_size: int = 256  # student sampling batch (the reference batch lives in SolverSpec)
     curve_points: int = 8
     curve_samples: int = 64
-    floor_samples: int = 64
+    floor_samples: int = 24  # re-solved for the reference floor (odebench.ode.floor)
     ksteps: tuple[int, ...] = (1, 2, 4)
     out: Path = Path("runs")
     name: str | None = None
@@ -161,19 +160,29 @@ def _run_names(config: RunConfig, students) -> list[str]:
 
 
 def _sample_student(student, teacher, noise, conditions, n, batch_size, dtype, advance, steps=None,
-                    dist=None) -> torch.Tensor | None:
+                    dist=None, cache=None) -> torch.Tensor | None:
     """Samples of indices [0, n) in batches [lo, lo + batch_size); sharded over ranks by whole batches
-    (so each batch is the single-process one) and gathered on rank 0 (None on other ranks)."""
+    (so each batch is the single-process one) and gathered on rank 0 (None on other ranks). Students
+    that declare a `cache_identity` (the solver rows: deterministic functions of the teacher) are memoized."""
     from odebench.distributed import Single
+    from odebench.ode.cache import memoized
     from odebench.ode.noise import SampleNoise
     from odebench.ode.trajectories import initial_state
+
+    identity = student.cache_identity(steps) if cache is not None else None
 
     def shard(indices: range) -> torch.Tensor:
         outs = []
         for lo in range(indices.start, indices.stop, batch_size):
             idx = range(lo, min(lo + batch_size, indices.stop))
             x_start = initial_state(teacher, noise, idx, dtype)
-            outs.append(student.sample(x_start, conditions.tensor(idx), SampleNoise(noise, idx, dtype), steps))
+            cond = conditions.tensor(idx)
+            compute = lambda x_start=x_start, cond=cond, idx=idx: student.sample(  # noqa: E731
+                x_start, cond, SampleNoise(noise, idx, dtype), steps)
+            if identity is not None:
+                outs.append(memoized(cache, {**identity, "cond": conditions.key(idx)}, {"x": x_start}, compute))
+            else:
+                outs.append(compute())
             advance(len(idx))
         return torch.cat(outs)
 
@@ -186,14 +195,24 @@ def _non_finite(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
 
 
-def _curve(student, ref, conditions, m: int) -> dict | None:
+def _curve(student, ref, conditions, m: int, cache=None) -> dict | None:
     from odebench.metrics.ode_error import error_curve
+    from odebench.ode.cache import memoized
 
     m = min(m, ref.traj.shape[1]) if ref.curve_sigmas.numel() else 0
     if m == 0:
         return None
     cond = conditions.tensor(range(m))
-    outs = [student(ref.traj[j, :m], float(s), cond) for j, s in enumerate(ref.curve_sigmas)]
+    identity = student.cache_identity() if cache is not None else None
+
+    def at(j: int, s: float) -> torch.Tensor:
+        x = ref.traj[j, :m]
+        if identity is None:
+            return student(x, s, cond)
+        return memoized(cache, {**identity, "call": "consistency", "sigma": s, "cond": conditions.key(range(m))},
+                        {"x": x}, lambda: student(x, s, cond))
+
+    outs = [at(j, float(s)) for j, s in enumerate(ref.curve_sigmas)]
     return error_curve(outs, ref.x0[:m], ref.curve_sigmas)
 
 
@@ -206,7 +225,10 @@ class Plan:
     teacher: Teacher
     conditional: bool
     teacher_origin: str
-    spec: SolverSpec  # the reference solve, dtype resolved
+    spec: SolverSpec  # the reference solve: dtype resolved, tolerances raised to the drift's precision
+    requested: SolverSpec  # the reference the user asked for (--method/--rtol/--atol/...)
+    drift_delta: float  # the drift's measured relative rounding noise (odebench.ode.precision)
+    tolerance_note: str | None  # one line when the tolerances were raised
     rows: list  # (student, mismatch note)
     names: list[str]  # run directory per row
     n: int
@@ -223,7 +245,8 @@ class References:
     """The shared references every student is scored against (full on rank 0; None fields elsewhere)."""
 
     ref: Any  # ReferenceSet
-    floor: dict | None
+    floor: dict | None  # odebench.ode.floor.reference_floor, its parts included
+    floor_seconds: float  # the floor's re-solves (a timing, kept out of the floor's reproducible numbers)
     ddim100: torch.Tensor | None
     ddim100_info: dict | None
     identity: str  # what `ode_mse@ref` is measured against
@@ -252,10 +275,12 @@ class Scored:
 
 def plan(config: RunConfig, dist, progress: Progress) -> Plan:
     """Stage 1: teacher, conditioning, reference spec, students and run names; the quality scorer (a
-    requested metric without weights fails here, before any solving)."""
+    requested metric without weights fails here, before any solving); then the reference's tolerances
+    raised to what the drift's measured precision allows (a short cached probe)."""
     from odebench.ode.cache import TrajectoryCache
     from odebench.ode.grids import karras_sigmas
     from odebench.ode.noise import NoiseBank
+    from odebench.ode.precision import effective_spec
     from odebench.ode.reference import DTYPE
     from odebench.students.kinds import default_rows, load_student
     from odebench.teachers.family import family_of
@@ -287,15 +312,21 @@ def plan(config: RunConfig, dist, progress: Progress) -> Plan:
     quality = dist.check(lambda: family_of(teacher).quality(teacher, conditions, config.seed, n, config.metrics,
                                                             config.metric_weights, teacher.device, config.fd_bootstrap)
                          if dist.is_main else None)
-    return Plan(teacher, conditional, teacher_origin, spec, loaded, names, n, noise, conditions, cache, curve_sigmas,
-                DTYPE[spec.dtype], quality)
+    # tolerances no tighter than the drift's measured precision allows (deterministic and cached: every rank agrees)
+    requested = spec
+    spec, drift_delta, tolerance_note = effective_spec(teacher, spec, noise, conditions, cache)
+    for student, _ in loaded:
+        if student.is_oracle:
+            student.solver = spec  # the ref row describes (and its curve solves) the reference as solved
+    return Plan(teacher, conditional, teacher_origin, spec, requested, drift_delta, tolerance_note, loaded, names, n, noise,
+                conditions, cache, curve_sigmas, DTYPE[spec.dtype], quality)
 
 
 def references(p: Plan, config: RunConfig, progress: Progress, dist) -> References:
-    """Stage 2: the converged reference, its floor (a 10x tighter re-solve) and, for families with a
-    paper grid, the DDIM reference on it; each rank solves its whole chunks, rank 0 gets them all."""
-    from odebench.metrics.ode_error import per_sample_se
-    from odebench.metrics.stats import mean_stderr
+    """Stage 2: the converged reference, its floor (solver and precision parts, odebench.ode.floor) and,
+    for families with a paper grid, the DDIM reference on it; each rank solves its whole chunks, rank 0
+    gets them all."""
+    from odebench.ode.floor import reference_floor
     from odebench.ode.trajectories import reference_set, merge_reference_sets
     from odebench.teachers.family import family_of
 
@@ -308,16 +339,16 @@ def references(p: Plan, config: RunConfig, progress: Progress, dist) -> Referenc
     m_floor = min(config.floor_samples, n)
     floor = None
     if m_floor:
-        with progress.task(f"reference floor ({spec.tighter().rtol:g})", len(dist.shard(m_floor, spec.batch))) as advance:
-            tight = merged(dist.run(lambda idx: reference_set(teacher, spec.tighter(), noise, conditions, len(idx), cache,
-                                                              torch.empty(0, dtype=torch.float64), start=idx.start,
-                                                              progress=advance), m_floor, spec.batch),
-                           merge_reference_sets)
-    if m_floor and dist.is_main:
-        f_val, f_err = mean_stderr(per_sample_se(ref.x0[:m_floor], tight.x0)) if m_floor > 1 else (float(per_sample_se(ref.x0[:1], tight.x0)[0]), float("nan"))
-        floor = {"ode_mse": f_val, "stderr": None if math.isnan(f_err) else f_err, "n": m_floor,
-                 "tight_solver": tight.spec.to_dict(), "tight_nfe_per_sample": tight.nfe_per_sample,
-                 "definition": "MSE per element between the reference and a 10x tighter re-solve of the first n samples"}
+        def floor_solve(t, s, m, label):
+            """One of the floor's re-solves (every rank its whole chunks): the first m endpoints and the NFE per sample."""
+            with progress.task(f"reference floor: {label} ({s.rtol:g})", len(dist.shard(m, s.batch))) as advance:
+                part = merged(dist.run(lambda idx: reference_set(t, s, noise, conditions, len(idx), cache,
+                                                                 torch.empty(0, dtype=torch.float64), start=idx.start,
+                                                                 progress=advance), m, s.batch), merge_reference_sets)
+            return None if part is None else (part.x0, part.nfe_per_sample)
+
+        floor = reference_floor(teacher, spec, ref.x0 if dist.is_main else None, m_floor, floor_solve, p.drift_delta)
+    floor_seconds = floor.pop("seconds") if floor is not None else 0.0  # a timing: the floor's numbers stay bitwise reproducible
 
     ddim100, ddim100_info = None, None
     grid = family_of(teacher).paper_grid
@@ -331,8 +362,9 @@ def references(p: Plan, config: RunConfig, progress: Progress, dist) -> Referenc
                 n, GRID_BATCH), merge_grid_references) or (None, None)
         if ddim100_info is not None:
             ddim100_info["unet_timesteps"] = ddim_timesteps
-    identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}; guidance {teacher.guidance.describe()}"
-    return References(ref, floor, ddim100, ddim100_info, identity)
+    network = f"; network {teacher.network_dtype}" if teacher.network_dtype else ""
+    identity = f"reference {spec.describe()}; teacher {teacher.fingerprint()}{network}; guidance {teacher.guidance.describe()}"
+    return References(ref, floor, floor_seconds, ddim100, ddim100_info, identity)
 
 
 def sample(p: Plan, student, refs: References, config: RunConfig, progress: Progress, dist) -> Sampled:
@@ -343,13 +375,14 @@ def sample(p: Plan, student, refs: References, config: RunConfig, progress: Prog
         x0, nfe = (refs.ref.x0, refs.ref.nfe_per_sample) if dist.is_main else (None, None)
     else:
         with progress.task(f"{student.name} samples", len(dist.shard(p.n, config.batch_size))) as advance:
-            x0 = _sample_student(student, p.teacher, p.noise, p.conditions, p.n, config.batch_size, p.dtype, advance, dist=dist)
+            x0 = _sample_student(student, p.teacher, p.noise, p.conditions, p.n, config.batch_size, p.dtype, advance, dist=dist,
+                                 cache=p.cache)
         nfe = student.nfe()
     seconds = time.perf_counter() - t0
     passes = dist.sum(p.teacher.counter.since(before).passes)
     # k-step samples are sampled by every rank; everything after them is rank 0's alone
     xks = {k: _sample_student(student, p.teacher, p.noise, p.conditions, p.n, config.batch_size, p.dtype,
-                              lambda k_=1: None, steps=k, dist=dist)
+                              lambda k_=1: None, steps=k, dist=dist, cache=p.cache)
            for k in (config.ksteps if student.variable_steps else ()) if k != student.steps}
     return Sampled(x0, nfe, passes, seconds, xks)
 
@@ -377,7 +410,7 @@ def score(p: Plan, student, note: str | None, refs: References, s: Sampled, conf
         metrics.update({k_: v for k_, v in kstep.items() if k_.startswith("ode_mse")})
     t1 = time.perf_counter()
     # the oracle's curve would cost one reference solve per noise level and is zero up to the floor
-    curve = None if student.is_oracle or not student.curve else _curve(student, ref, p.conditions, min(config.curve_samples, n))
+    curve = None if student.is_oracle or not student.curve else _curve(student, ref, p.conditions, min(config.curve_samples, n), p.cache)
     if curve is not None:
         # the levels share their samples, so the stderr of the mean over levels is at most the mean stderr
         metrics["ode_mse@ref_curve_mean"] = value("ode_mse@ref_curve_mean", float(sum(curve["ode_mse"]) / len(curve["ode_mse"])),
@@ -405,7 +438,12 @@ def score(p: Plan, student, note: str | None, refs: References, s: Sampled, conf
     flags = []
     mse = metrics["ode_mse@ref"].value
     if refs.floor is not None and not student.is_oracle and mse < FLOOR_FACTOR * refs.floor["ode_mse"]:
-        flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {refs.floor['ode_mse']:.3g}; tighten the reference (--rtol/--atol)")
+        parts = refs.floor["parts"]
+        flags.append(f"at-reference-floor: ode_mse {mse:.3g} is within {FLOOR_FACTOR:g}x of the reference floor {refs.floor['ode_mse']:.3g} "
+                     f"(solver {parts['solver']['ode_mse']:.2g} + precision {parts['precision']['ode_mse']:.2g}); "
+                     "tighten the reference (--rtol/--atol) or raise the network precision (--dtype)")
+    if p.tolerance_note:
+        flags.append(f"reference-tolerance-raised: {p.tolerance_note}")
     if note:
         flags.append(f"teacher-mismatch: {note}")
     if student.kind in DESCRIPTIVE_KINDS:
@@ -427,11 +465,12 @@ def write(p: Plan, student, name: str, refs: References, s: Sampled, sc: Scored,
         name=name, command=command if command is not None else sys.argv,
         teacher={**teacher.describe(), "origin": p.teacher_origin}, student=student.describe(),
         conditioning=p.conditions.describe(), samples=n, seeds=p.noise.describe(), solver=p.spec, floor=refs.floor,
+        requested_solver=p.requested, drift_precision=p.drift_delta, network_dtype=teacher.network_dtype,
         ddim100=refs.ddim100_info if refs.ddim100 is not None else None, ref=refs.ref,
         nfe={"student_per_sample": s.nfe_per_sample, "student_teacher_passes": s.teacher_passes},
         metrics=sc.metrics, curve=sc.curve, spectrum=sc.spectrum, extras=sc.extras, flags=sc.flags,
         timings={"sample_s": s.seconds, "curve_s": sc.curve_seconds, "quality_s": sc.quality_seconds,
-                 "reference_s": refs.ref.seconds, "total_s": time.perf_counter() - t_start},
+                 "reference_s": refs.ref.seconds, "floor_s": refs.floor_seconds, "total_s": time.perf_counter() - t_start},
         distributed=dist.describe())
     tensors = {"ode_se": torch.from_numpy(per_sample_se(s.x0, refs.ref.x0)), "samples": s.x0.float()}
     tensors.update({k: torch.as_tensor(v, dtype=torch.float64) for k, v in sc.per_sample.items()})

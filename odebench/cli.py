@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from odebench.errors import OdebenchError
-from odebench.ode.spec import DEFAULT_ATOL, DEFAULT_BATCH, DEFAULT_METHOD, DEFAULT_RTOL
+from odebench.ode.spec import DEFAULT_ATOL, DEFAULT_BATCH, DEFAULT_METHOD, DEFAULT_RTOL, DEFAULT_TIME
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="ODE-error benchmark for consistency-model students of diffusion teachers.")
@@ -113,14 +113,15 @@ def run(
     method: str = typer.Option(DEFAULT_METHOD, help="Reference solver (torchdiffeq adaptive): dopri5 | dopri8 | bosh3 | adaptive_heun | fehlberg2."),
     rtol: float = typer.Option(DEFAULT_RTOL, help="Reference relative tolerance."),
     atol: float = typer.Option(DEFAULT_ATOL, help="Reference absolute tolerance."),
-    time_variable: str = typer.Option("log-sigma", "--time", help="Integration variable: log-sigma | sigma."),
-    dtype: Optional[str] = typer.Option(None, help="float32 | float64: reference state dtype (default: the teacher's); fp16 | bf16 | fp32: the UNet weights of a text-to-image teacher (the ODE state stays float32)."),
+    time_variable: str = typer.Option(DEFAULT_TIME, "--time", help="Integration variables: lambda (y = x/sigma against 1/sigma: the data-prediction exponential integrator, DDIM is its Euler step) | log-sigma | sigma."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16: the precision of the teacher's network (every network teacher: digits, SD, SDXL, SD3, FLUX.1; default fp32). Part of the reference's cache key; the reference floor reports what it costs in accuracy."),
+    state_dtype: Optional[str] = typer.Option(None, "--state-dtype", help="float32 | float64: the reference ODE state's dtype (default: the teacher's: float64 analytic, float32 network)."),
     ref_batch: int = typer.Option(DEFAULT_BATCH, help="Samples per reference solve (they share one step size)."),
     solver_option: Optional[List[str]] = typer.Option(None, "--solver-option", help="Extra torchdiffeq option key=value (first_step, max_num_steps, safety, ifactor, dfactor, min_step, max_step)."),
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
     curve_points: int = typer.Option(8, help="Noise levels of the per-sigma error curve (0 to skip)."),
     curve_samples: int = typer.Option(64, help="Samples used for the error curve."),
-    floor_samples: int = typer.Option(64, help="Samples re-solved at 10x tighter tolerance for the reference floor (0 to skip)."),
+    floor_samples: int = typer.Option(24, help="Samples whose reference is re-solved for the floor: at 10x tighter tolerance (solver part) and, for a bf16/fp16 network, in float32 (precision part). 0 skips."),
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
@@ -158,12 +159,21 @@ def run(
     if uncond and conditional:
         raise OdebenchError("--uncond and --conditional exclude each other")
     g = Guidance(guidance, guidance_form) if guidance is not None else None
-    model_dtype = dtype if dtype in ("fp16", "bf16", "fp32") else None
+    if dtype in ("float32", "float64"):  # before v0.2 --dtype was the state dtype
+        if state_dtype is not None:
+            raise OdebenchError(f"--dtype {dtype} is the old spelling of --state-dtype; give --state-dtype only")
+        print(f"warning: --dtype {dtype} is deprecated for the ODE state: use --state-dtype {dtype} "
+              "(--dtype now sets the network's precision: fp32 | bf16 | fp16)", file=sys.stderr)
+        state_dtype, dtype = dtype, None
+    if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
+        raise OdebenchError(f"unknown --dtype {dtype!r}: the network's precision is fp32, bf16 or fp16 "
+                            "(the ODE state's is --state-dtype float32|float64)")
+    model_dtype = dtype
     teacher_options = {k: v for k, v in {"dtype": model_dtype, "device": device, "vae": vae, "height": height, "width": width,
                                          "uncond": uncond_embeddings}.items() if v is not None}
     weights = {k: v for k, v in {"fid": fid_weights, "dinov2": dinov2_weights, "clip": clip_weights, "clip_arch": clip_arch,
                                  "aesthetic": aesthetic_weights, "cmmd": cmmd_weights, "cmmd_arch": cmmd_arch}.items() if v is not None}
-    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=None if model_dtype else dtype,
+    spec = SolverSpec(method=method, rtol=rtol, atol=atol, time=time_variable, dtype=state_dtype,
                       batch=ref_batch, options=parse_solver_options(solver_option or []))
     config = RunConfig(teacher=teacher, students=tuple(student or ()), samples=samples, seed=seed, guidance=g,
                        conditional=False if uncond else (True if conditional else None), solver=spec,
@@ -555,9 +565,11 @@ def cache_ls(cache_dir: Optional[Path] = typer.Option(None, help="Cache director
         total += e.size
         p = e.payload or {}
         solver = p.get("spec", {})
-        t.add_row(e.key[:12], str(p.get("ode", {}).get("teacher", "?")) if e.ok else f"[red]unreadable: {e.problem}",
-                  f"{p.get('start', '?')}..{p.get('stop', '?')}",
-                  f"{solver.get('method', '?')} rtol={solver.get('rtol', '?')}", f"{e.size / 1024:.1f} KiB")
+        ode = p.get("ode") or p.get("teacher") or {}  # reference entries / memoized solver rows
+        what = (f"{solver.get('method', '?')} rtol={solver.get('rtol', '?')}" if solver
+                else f"{p.get('kind', '?')} {p.get('method', '')}{':' + str(p['steps']) if 'steps' in p else ''}".strip())
+        t.add_row(e.key[:12], str(ode.get("teacher", "?")) if e.ok else f"[red]unreadable: {e.problem}",
+                  f"{p.get('start', '?')}..{p.get('stop', '?')}", what, f"{e.size / 1024:.1f} KiB")
     _console().print(t)
     print(f"{len(entries)} entries, {total / 1024 ** 2:.2f} MiB")
 

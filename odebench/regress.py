@@ -75,7 +75,9 @@ DEFAULT_SUITES: list[dict[str, Any]] = [
                                "samples": 512}},
     {"name": "gmm64-cfg", "config": {"teacher": "gmm64", "students": ["ddim:4", "heun:4", "ref"], "samples": 256,
                                      "conditional": True, "guidance": {"w": 2.0, "form": "imagen"}}},
-    {"name": "digits", "config": {"teacher": "digits", "students": ["ddim:2", "ddim:4", "cm", "direct", "ref"],
+    {"name": "gmm-flow", "config": {"teacher": "gmm-flow", "students": ["flow-euler:4", "flow-heun:3", "ref"],
+                                    "samples": 256}},
+    {"name": "digits", "config": {"teacher": "digits", "students": ["ddim:2", "ddim:4", "dpmpp2m:4", "cm", "direct", "ref"],
                                   "samples": 128, "curve_samples": 32, "floor_samples": 32}},
 ]
 CONFIG_KEYS = {"teacher", "students", "samples", "seed", "guidance", "conditional", "solver", "batch_size",

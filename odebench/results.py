@@ -38,7 +38,10 @@ RESULT = Obj({
     "samples": Int(ge=1),
     "seeds": Obj({"seed": Int()}, required=("seed",)),
     "reference": Obj({"solver": Obj(), "description": Str(),
-                      "floor": Opt(Obj({"ode_mse": _N0, "stderr": _N0, "n": Int(ge=1)}, required=("ode_mse",))),
+                      "floor": Opt(Obj({"ode_mse": _N0, "stderr": _N0, "n": Int(ge=1),
+                                        # odebench.ode.floor: its solver and precision parts
+                                        "parts": Obj(extra=Obj({"ode_mse": _N0, "stderr": _N0}))},
+                                       required=("ode_mse",))),
                       "curve_sigmas": Arr(_N0), "ddim100": Opt(Obj())}, required=("solver",)),
     "nfe": Obj({"student_per_sample": _N0, "reference": Obj({"per_sample": _N0}, required=("per_sample",))},
                required=("student_per_sample", "reference")),
@@ -106,10 +109,14 @@ def build_result(*, name: str, command: list[str], teacher: dict[str, Any], stud
                  conditioning: dict[str, Any], samples: int, seeds: dict[str, Any], solver, floor: dict | None,
                  ddim100: dict | None, ref, nfe: dict[str, Any], metrics: dict, curve: dict | None,
                  spectrum: dict | None, extras: dict[str, Any], flags: list[str], timings: dict[str, float],
-                 distributed: dict[str, Any]) -> dict[str, Any]:
+                 distributed: dict[str, Any], requested_solver=None, drift_precision: float | None = None,
+                 network_dtype: str | None = None) -> dict[str, Any]:
     """One run's result.json (schema SCHEMA): identity of the teacher ODE and the student (its `kind` says
-    what it was trained to do), the reference (`solver` a SolverSpec, `ref` a ReferenceSet), NFEs,
-    metrics (MetricValue), curves, flags, timings and the environment."""
+    what it was trained to do), the reference (`solver` a SolverSpec as solved, `requested_solver` the one
+    asked for before odebench.ode.precision raised its tolerances, `drift_precision` the drift's measured
+    rounding noise, `network_dtype` the teacher network's precision or None for analytic teachers; `floor`
+    with its solver and precision parts, odebench.ode.floor; `ref` a ReferenceSet), NFEs, metrics
+    (MetricValue), curves, flags, timings and the environment."""
     return {
         "schema": SCHEMA,
         "name": name,
@@ -120,7 +127,9 @@ def build_result(*, name: str, command: list[str], teacher: dict[str, Any], stud
         "conditioning": conditioning,
         "samples": samples,
         "seeds": {**seeds, "exact_samples": "stream_seed(seed, -1, 0)"},
-        "reference": {"solver": solver.to_dict(), "description": solver.describe(), "floor": floor, "ddim100": ddim100,
+        "reference": {"solver": solver.to_dict(), "description": solver.describe(), "floor": floor,
+                      "requested_solver": (requested_solver or solver).to_dict(), "drift_precision": drift_precision,
+                      "network_dtype": network_dtype, "ddim100": ddim100,
                       "curve_sigmas": ref.curve_sigmas.tolist(), "seconds": ref.seconds},
         "nfe": {**nfe, "reference": ref.nfe_summary()},
         "metrics": {k: v.to_dict() for k, v in metrics.items()},

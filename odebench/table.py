@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-SHORT = {  # metric -> short label for the run table; the full names are in result.json and the README
-    "ode_mse@ref": "ODE mse", "ode_mse@ddim100": "ODE mse@ddim100", "ode_rel@ref": "ODE rel",
+SHORT = {  # metric -> short label for the run table, in this order; the full names are in result.json and the README
+    "ode_mse@ref": "ODE mse", "ode_rmse@ref": "ODE rmse", "ode_mse@ddim100": "ODE mse@ddim100", "ode_rel@ref": "ODE rel",
     "ode_mse@ref_curve_mean": "curve mse", "loglik": "loglik", "fd_exact": "FD", "kid_exact": "KID",
+    "precision_exact": "precision", "recall_exact": "recall", "density_exact": "density", "coverage_exact": "coverage",
     "mode_coverage": "mode coverage", "mode_precision": "mode precision", "fd_digits@real": "FD real",
     "fd_digits@teacher": "FD teacher", "kid_digits@real": "KID real", "kid_digits@teacher": "KID teacher",
-    "precision_digits@real": "precision", "recall_digits@real": "recall", "label_adherence": "label",
-    "confidence": "confidence", "fid@teacher": "FID", "fd_dinov2@teacher": "FD-DINOv2", "clip_score": "CLIP",
-    "aesthetic": "aesthetic",
+    "precision_digits@real": "precision real", "recall_digits@real": "recall real",
+    "density_digits@real": "density real", "coverage_digits@real": "coverage real",
+    "precision_digits@teacher": "precision teacher", "recall_digits@teacher": "recall teacher",
+    "density_digits@teacher": "density teacher", "coverage_digits@teacher": "coverage teacher",
+    "label_adherence": "label", "confidence": "confidence", "fid@teacher": "FID", "fd_dinov2@teacher": "FD-DINOv2",
+    "cmmd@teacher": "CMMD", "clip_score": "CLIP", "aesthetic": "aesthetic",
 }
 MIN_WIDTH = 40  # below this, one run per table
 
@@ -97,7 +101,10 @@ def print_run_table(console, outcomes) -> None:
         for metric, why in skipped.items():
             console.print(f"skipped {metric}: {why}")
     if floor:
-        console.print(f"reference floor (ode_mse vs 10x tighter solve, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}")
+        parts = floor.get("parts", {})
+        split = (f" = solver {fmt(parts['solver']['ode_mse'])} + precision {fmt(parts['precision']['ode_mse'])}"
+                 if "solver" in parts and "precision" in parts else "")
+        console.print(f"reference floor (ode_mse, n={floor['n']}): {fmt(floor['ode_mse'], floor['stderr'])}{split}")
     console.print(f"results: {', '.join(str(o.path) for o in outcomes)}")
 
 

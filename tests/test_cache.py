@@ -15,7 +15,7 @@ import odebench.ode.trajectories as trajectories
 from odebench.bench import RunConfig, run
 from odebench.cli import app
 from odebench.ode.cache import TrajectoryCache
-from odebench.ode.spec import DEFAULT_RTOL, SolverSpec
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_RTOL, SolverSpec
 from odebench.teachers.base import Guidance
 
 SAMPLES, CHUNK = 64, 32  # two reference chunks
@@ -66,8 +66,10 @@ def test_warm_rerun_costs_zero_teacher_evaluations(tmp_path, private_cache):
     c = ref_nfe(cold[0])
     assert c["teacher_evals_this_run"] > 0 and c["teacher_passes_this_run"] >= c["teacher_evals_this_run"]
     assert (c["cache_hits"], c["cache_misses"], c["cache_corrupt"]) == (0, 2, 0)
-    # two chunk entries for the reference, one for the 8-sample floor solve
-    assert len(entries(private_cache)) == 3
+    # two chunk entries for the reference, one for the 8-sample floor solve (float64 analytic: no
+    # precision part), one for ddim:2's samples (one batch) and two for its curve (two sigmas)
+    assert len(entries(private_cache)) == 6
+    assert cold[0].result["nfe"]["student_teacher_passes"] > 0
 
     warm = run(cfg)
     w = ref_nfe(warm[0])
@@ -75,7 +77,8 @@ def test_warm_rerun_costs_zero_teacher_evaluations(tmp_path, private_cache):
     assert (w["cache_hits"], w["cache_misses"], w["cache_corrupt"]) == (2, 0, 0)
     # the cached step statistics are reported, not zeros
     assert w["per_sample"] == c["per_sample"] > 0 and w["accepted_steps"] == c["accepted_steps"] > 0
-    assert len(entries(private_cache)) == 3
+    assert len(entries(private_cache)) == 6
+    assert warm[0].result["nfe"]["student_teacher_passes"] == 0  # the solver row is memoized too
     # bitwise the same numbers: metrics, curves, floor and the stored samples
     assert numbers(warm) == numbers(cold)
     ref_samples = load_file(str(warm[1].path / "per_sample.safetensors"))["samples"]
@@ -133,7 +136,7 @@ def corrupt(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["flip-data", "flip-header", "truncate"])
 def test_corrupt_entry_is_detected_and_recomputed(tmp_path, private_cache, how):
-    cfg = config(tmp_path, private_cache)
+    cfg = config(tmp_path, private_cache, students=("ref",))  # the reference's two chunks, no solver-row entries
     first = run(cfg)
     cold_evals = ref_nfe(first[0])["teacher_evals_this_run"]
     expected = numbers(first)
@@ -156,7 +159,7 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, private_cache, how):
 
 
 def test_cache_verify_cli(tmp_path, private_cache):
-    run(config(tmp_path, private_cache))
+    run(config(tmp_path, private_cache, students=("ref",)))  # the reference's two chunks, no solver-row entries
     files = entries(private_cache)
     assert len(files) == 2
     r = cli("cache", "verify", "--cache-dir", private_cache)
@@ -191,9 +194,9 @@ def _teacher_variant() -> dict:
 
 KEY_CHANGES = [
     pytest.param(dict(seed=1), True, id="seed"),
-    pytest.param(dict(solver=SolverSpec(batch=CHUNK, rtol=3e-4)), True, id="rtol"),
-    pytest.param(dict(solver=SolverSpec(batch=CHUNK, atol=3e-4)), True, id="atol"),
-    pytest.param(dict(solver=SolverSpec(batch=CHUNK, method="bosh3")), True, id="method"),
+    pytest.param(dict(solver=SolverSpec(batch=CHUNK, rtol=DEFAULT_RTOL / 3)), True, id="rtol"),
+    pytest.param(dict(solver=SolverSpec(batch=CHUNK, atol=DEFAULT_RTOL / 3)), True, id="atol"),
+    pytest.param(dict(solver=SolverSpec(batch=CHUNK, method="dopri5")), True, id="method"),
     pytest.param(dict(solver=SolverSpec(batch=CHUNK, time="sigma")), True, id="time-variable"),
     pytest.param(dict(solver=SolverSpec(batch=CHUNK, dtype="float32")), True, id="dtype"),
     pytest.param(dict(solver=SolverSpec(batch=CHUNK, options=(("safety", 0.8),))), True, id="solver-option"),
@@ -224,6 +227,40 @@ def test_cache_key_covers_what_the_numbers_depend_on(tmp_path, private_cache, ch
         assert r["cache_hits"] == 0 and r["cache_misses"] >= 2 and r["teacher_evals_this_run"] > 0
     else:
         assert r["cache_hits"] == 2 and r["cache_misses"] == 0 and r["teacher_evals_this_run"] == 0
+
+
+SOLVER_KEY_CHANGES = [
+    pytest.param(dict(seed=1), id="seed"),
+    pytest.param(dict(guidance=Guidance(3.0)), id="guidance"),
+    pytest.param(dict(conditional=False), id="conditioning"),
+    pytest.param(dict(teacher=_teacher_variant()), id="teacher"),
+    pytest.param(dict(students=("ddim:3",)), id="steps"),
+    pytest.param(dict(students=("euler:2",)), id="same-scheme-other-name"),
+    pytest.param(dict(students=("heun:2",)), id="method"),
+]
+
+
+@pytest.mark.parametrize("change", SOLVER_KEY_CHANGES)
+def test_solver_row_memo_key_covers_what_its_samples_depend_on(tmp_path, private_cache, change):
+    """A solver row's samples and curve are cached only under everything they depend on: the teacher's
+    ODE identity, the scheme and steps, the input states (noise, seed) and the conditions."""
+    base = config(tmp_path, private_cache, conditional=True, guidance=Guidance(1.0), students=("ddim:2",))
+    run(base)
+    again = run(replace(base, **change))[0].result["nfe"]["student_teacher_passes"]
+    # euler:K is ddim:K's scheme: the same numbers, rightly shared
+    assert (again == 0) == (change.get("students") == ("euler:2",))
+
+
+def test_solver_row_memo_is_bitwise_the_fresh_computation(tmp_path, private_cache, monkeypatch):
+    from odebench.students import solvers
+
+    cfg = config(tmp_path, private_cache, students=("heun:2",))
+    cold, warm = numbers(run(cfg)), numbers(run(cfg))
+    fresh = numbers(run(replace(cfg, use_cache=False)))
+    assert cold == warm == fresh
+    # a change to the solvers' numerics (SOLVER_NUMERICS bumped) is a new key, never a stale hit
+    monkeypatch.setattr(solvers, "SOLVER_NUMERICS", solvers.SOLVER_NUMERICS + 1)
+    assert run(cfg)[0].result["nfe"]["student_teacher_passes"] > 0
 
 
 def test_student_batch_size_does_not_change_numbers(tmp_path, private_cache):
@@ -295,7 +332,9 @@ def test_interrupted_cli_run_exits_130_and_resumes(tmp_path, private_cache, monk
     assert r.exit_code == 130
     assert r.stderr.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
-    assert len(entries(private_cache)) == 1
+    # the first reference chunk (beside it: the drift-precision probe of the float32 digits network)
+    kinds = [e.payload["kind"] for e in TrajectoryCache(private_cache).entries()]
+    assert sorted(kinds) == ["drift-precision", "reference"]
 
     counting = InterruptOnCall(None)
     monkeypatch.setattr(trajectories, "solve_reference", counting)
@@ -310,7 +349,7 @@ def test_interrupted_cli_run_exits_130_and_resumes(tmp_path, private_cache, monk
 # ------------------------------------------------------------------------------------------------
 def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     other = tmp_path / "unrelated-cache"  # --cache-dir wins over $ODEBENCH_CACHE
-    run(config(tmp_path, other))
+    run(config(tmp_path, other, students=("ref",)))  # the reference's two chunks, no solver-row entries
     assert len(entries(other)) == 2 and entries(private_cache) == []
 
     r = cli("cache", "ls", "--cache-dir", other)
@@ -319,7 +358,7 @@ def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     keys = [p.stem[:12] for p in entries(other)]
     for k in keys:
         assert k in r.stdout
-    assert "0..32" in r.stdout and "32..64" in r.stdout and f"dopri5 rtol={DEFAULT_RTOL:g}" in r.stdout
+    assert "0..32" in r.stdout and "32..64" in r.stdout and f"{DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in r.stdout
     assert sum(" gmm " in line for line in r.stdout.splitlines()) == 2
 
     r = cli("cache", "ls")  # the default: $ODEBENCH_CACHE, the empty private cache
@@ -336,3 +375,6 @@ def test_cache_ls_and_clear_cli(tmp_path, private_cache):
     assert r.exit_code == 0 and "0 entries" in r.stdout
     # and the next run is cold again
     assert ref_nfe(run(config(tmp_path, other))[0])["cache_misses"] == 2
+    # a solver row's memoized samples and curve points are listed by what they are
+    r = cli("cache", "ls", "--cache-dir", other)
+    assert sum("solver-student euler:2" in line for line in r.stdout.splitlines()) == 3

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from odebench.cli import app
-from odebench.ode.spec import DEFAULT_RTOL
+from odebench.ode.spec import DEFAULT_METHOD, DEFAULT_RTOL, DEFAULT_TIME
 from odebench.results import SCHEMA
 from odebench.teachers import load_teacher
 
@@ -103,7 +103,7 @@ def test_run_exits_zero_and_prints_table(main_run):
         m = res["metrics"]["ode_mse@ref"]
         assert rows["NFE / sample"][i] == fmt(res["nfe"]["student_per_sample"])
         assert rows["ODE mse ↓"][i] == fmt(m["value"], m["stderr"])
-    assert f"reference: dopri5 rtol={DEFAULT_RTOL:g}" in out
+    assert f"reference: {DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in out
     assert "results: runs/ddim-1, runs/ddim-4, runs/heun-8, runs/ref" in out
     # a cold cache: the one reference chunk was solved in this run
     assert "(cache 0 hit / 1 miss)" in out
@@ -171,14 +171,14 @@ def test_result_json_contents(main_run):
             assert METRIC_FIELDS <= set(m[key]), (key, m[key])
             assert m[key]["higher_is_better"] is False
             assert "teacher " + gmm.fingerprint() in m[key]["identity"]
-            assert f"dopri5 rtol={DEFAULT_RTOL:g}" in m[key]["identity"]
+            assert f"{DEFAULT_METHOD} rtol={DEFAULT_RTOL:g}" in m[key]["identity"]
             assert m[key]["n"] == (16 if key.endswith("curve_mean") else 64)
         assert m["ode_rmse@ref"]["value"] == pytest.approx(math.sqrt(m["ode_mse@ref"]["value"]), rel=1e-12)
         if curve_keys:
             assert len(res["curves"]["ode_mse_vs_sigma"]["sigma"]) == 3
         # the reference and its floor
         ref = res["reference"]
-        assert ref["solver"] == {"method": "dopri5", "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": "log-sigma",
+        assert ref["solver"] == {"method": DEFAULT_METHOD, "rtol": DEFAULT_RTOL, "atol": DEFAULT_RTOL, "time": DEFAULT_TIME,
                                  "dtype": "float64", "batch": 256, "options": {}}
         floor = ref["floor"]
         assert floor["n"] == 8 and floor["tight_solver"]["rtol"] == pytest.approx(DEFAULT_RTOL / 10)
@@ -311,7 +311,20 @@ ERROR_CASES = [
     pytest.param(["--student", "ddim:2", "--student", "ddim:2"], ["ddim-2"], id="duplicate-student"),
     pytest.param(["--uncond", "--conditional"], ["--uncond"], id="uncond-and-conditional"),
     pytest.param(["--guidance", "3", "--uncond"], ["guidance"], id="guidance-needs-conditional"),
+    pytest.param(["--teacher", "gmm", "--dtype", "bf16"], ["analytic", "--state-dtype"], id="network-dtype-on-analytic"),
+    pytest.param(["--dtype", "int8"], ["int8", "fp32, bf16 or fp16", "--state-dtype"], id="network-dtype-unknown"),
+    pytest.param(["--state-dtype", "float16"], ["float16", "--state-dtype"], id="state-dtype-unknown"),
+    pytest.param(["--dtype", "float64", "--state-dtype", "float32"], ["--state-dtype only"], id="old-and-new-state-dtype"),
 ]
+
+
+def test_old_dtype_spelling_sets_the_state_dtype_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["run", *QUICK, "--teacher", "gmm", "--student", "ddim:1", "--dtype", "float32", "--out", tmp_path / "out"])
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert "--dtype float32 is deprecated" in r.stderr and "--state-dtype float32" in r.stderr
+    res = json.loads((tmp_path / "out" / "ddim-1" / "result.json").read_text())
+    assert res["reference"]["solver"]["dtype"] == "float32" and res["reference"]["network_dtype"] is None
 
 
 @pytest.mark.parametrize("args, needles", ERROR_CASES)

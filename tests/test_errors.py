@@ -19,6 +19,7 @@ from test_cli import (QUICK, TEACHER_JSON, _export_student, assert_nothing_writt
                       invoke, odebench_subprocess)
 
 from odebench.errors import OdebenchError  # noqa: E402
+from odebench.ode.spec import DEFAULT_METHOD  # noqa: E402
 from odebench.schema import Arr, Bool, Int, Num, Obj, OneOf, Opt, Str, validate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
@@ -438,7 +439,7 @@ def test_max_num_steps_exceeded_is_one_line_that_says_what_to_change(tmp_path, m
     monkeypatch.chdir(tmp_path)
     r = invoke(["run", *G, "--student", "ddim:1", "--solver-option", "max_num_steps=3", "--out", "out"])
     assert r.exit_code == 2, (r.stderr, repr(r.exception))
-    line = assert_error_line(r.stderr, "reference solver (dopri5", "gave up after max_num_steps=3 steps at sigma=",
+    line = assert_error_line(r.stderr, f"reference solver ({DEFAULT_METHOD}", "gave up after max_num_steps=3 steps at sigma=",
                                  "raise --solver-option max_num_steps or loosen --rtol/--atol")
     sigma = float(line.split("at sigma=")[1].split(";")[0])
     assert 0.002 < sigma < 80.0  # somewhere on the way down from sigma_max

@@ -109,10 +109,11 @@ def test_add_noise_is_the_flow_forward_process():
     torch.testing.assert_close(ours, s.scale_noise(x0f, ts, zf), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("time", ["log-sigma", "sigma"])
+@pytest.mark.parametrize("time", ["lambda", "log-sigma", "sigma"])
 def test_reference_from_pure_noise_matches_the_exact_flow(time):
     """The reference starts at t = 1 from x_1 = z exactly and follows x_t = (1-t) mu + sqrt((1-t)^2 s^2 + t^2) z
-    (log-sigma time is log t for a flow teacher); the endpoint is D at t_min of the exact x_{t_min}."""
+    (log-sigma time is log t for a flow teacher, lambda time integrates y = x_t / t against 1/t from 1 to
+    1/t_min); the endpoint is D at t_min of the exact x_{t_min}."""
     teacher = gauss_flow()
     z = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     curve = torch.tensor([0.9, 0.5, 0.1, 0.01], dtype=torch.float64)

@@ -139,6 +139,45 @@ def test_flux_guidance_is_an_input_not_cfg(flow_dirs):
         schnell.with_guidance(Guidance(3.0, "embedded", "none"))
 
 
+@pytest.mark.parametrize("kind", ["sd3", "flux-dev"])
+def test_network_dtype_view_is_lazy_and_part_of_the_identity(flow_dirs, kind):
+    """--dtype bf16 on a flow transformer: the floor's float32 view has its own identity (cache keys) and the
+    teacher's fingerprint (students still match); it casts its transformer copy only when it evaluates."""
+    t = _teacher(flow_dirs[kind], dtype="bf16")
+    assert t.network_dtype == "bf16" and next(t.transformer.parameters()).dtype == torch.bfloat16
+    up = t.with_network_dtype("fp32")
+    assert up.network_dtype == "fp32" and up.fingerprint() == t.fingerprint() == _teacher(flow_dirs[kind]).fingerprint()
+    assert up.ode_identity() == {**t.ode_identity(), "network_dtype": "fp32"}
+    assert up.shape == t.shape and up.guidance == t.guidance and up._transformer_pending is not None  # no copy yet
+    x, cond = torch.randn(2, *t.shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    d_up, d = up.denoise(x, 0.5, cond), t.denoise(x, 0.5, cond)
+    assert up._transformer_pending is None and next(up.transformer.parameters()).dtype == torch.float32
+    assert next(t.transformer.parameters()).dtype == torch.bfloat16
+    rel = float((d - d_up).norm() / d_up.norm())
+    assert 0 < rel < 0.1, rel  # bf16 arithmetic on the same (bf16-loaded) weights, not another network
+
+
+def test_bf16_run_on_tiny_sd3_reports_the_precision_floor(flow_dirs, tmp_path):
+    """A bf16 SD3 run: the drift-precision probe, the tolerance raise and the floor's precision part run on the
+    transformer's float32 view; the result records the network dtype and both floor parts."""
+    from odebench.bench import RunConfig, run
+    from odebench.ode.spec import SolverSpec
+
+    out = run(RunConfig(teacher=str(flow_dirs["sd3"]), students=("flow-euler:2",), samples=2, floor_samples=2, curve_points=0,
+                        metrics="none", solver=SolverSpec(rtol=1e-3, atol=1e-3), out=tmp_path / "runs", use_cache=False,
+                        teacher_options={"device": "cpu", "height": PX, "width": PX, "max_sequence_length": T5_LENGTH,
+                                         "dtype": "bf16"}))
+    ref = out[0].result["reference"]
+    assert ref["network_dtype"] == "bf16" and ref["drift_precision"] > 1e-3  # bf16 rounds at ~4e-3
+    parts = ref["floor"]["parts"]
+    assert parts["precision"]["up"] == "network fp32, state float32" and parts["precision"]["ode_mse"] > 0
+    assert ref["floor"]["ode_mse"] == pytest.approx(parts["solver"]["ode_mse"] + parts["precision"]["ode_mse"])
+    # the tiny random transformer's bf16 noise (delta ~3e-2) is above what 1e-3 asks for: raised, with a flag
+    assert ref["solver"]["rtol"] > ref["requested_solver"]["rtol"] == 1e-3
+    assert any(f.startswith("reference-tolerance-raised: ") for f in out[0].result["flags"])
+    assert "network bf16" in out[0].result["metrics"]["ode_mse@ref"]["identity"]
+
+
 def test_sd3_reference_is_the_limit_of_euler_at_first_order(flow_dirs):
     """Shift-free FlowMatchEuler (last level t = 1/1000 = t_min) approaches the reference with the error halving as
     K doubles; the reference starts at t = 1 from the noise itself."""

@@ -90,6 +90,24 @@ def test_loads_through_the_diffusers_folder_and_hub_cache_layout(sdxl_dir, base_
     assert sep.decode(torch.randn(1, 4, LATENT, LATENT)).shape == (1, 16, 16, 3)
 
 
+def test_precision_view_is_lazy_and_part_of_the_identity(sdxl_dir):
+    """--dtype bf16: the floor's float32 view has its own identity (cache keys), and casts its UNet copy
+    only when it evaluates (a warm run's cached floor never holds a second SDXL UNet)."""
+    from odebench.teachers import load_teacher
+
+    t = load_teacher(str(sdxl_dir), device="cpu", dtype="bf16")
+    t.set_prompts(CAPTIONS)
+    up = t.with_network_dtype("fp32")
+    assert (t.network_dtype, up.network_dtype) == ("bf16", "fp32") and up.fingerprint() == t.fingerprint()
+    assert up.ode_identity() == {**t.ode_identity(), "network_dtype": "fp32"}
+    assert up._unet_pending is not None  # the identity needed no copy
+    x, cond = torch.randn(2, *t.shape), torch.tensor([0, 1])
+    d_up, d = up.denoise(x, 2.0, cond), t.denoise(x, 2.0, cond)
+    assert up._unet_pending is None and up.unet_dtype == torch.float32 and t.unet_dtype == torch.bfloat16
+    rel = float((d - d_up).norm() / d_up.norm())
+    assert 0 < rel < 0.1, rel  # bf16 rounding, not another network
+
+
 def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -112,6 +130,8 @@ def test_missing_weights_are_one_line_errors(sdxl_dir, tmp_path, monkeypatch):
     with pytest.raises(OdebenchError, match="fp16, bf16 or fp32"):
         load_teacher(str(sdxl_dir), dtype="int8")
     with pytest.raises(OdebenchError, match="apply to SDXL / SD teachers only"):
+        load_teacher("gmm", vae="x")
+    with pytest.raises(OdebenchError, match="analytic"):  # --dtype is a network's precision
         load_teacher("gmm", dtype="fp16")
 
 

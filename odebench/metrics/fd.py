@@ -77,10 +77,16 @@ def _kid_subsets(a: np.ndarray, b: np.ndarray, m: int, subsets: int, rng, paired
     U-statistic over i.i.d. pairs, unbiased for the MMD^2 of the two marginals. With the matched pairs
     in, their correlation biases the estimate below zero (-200 on the digits features)."""
     d = a.shape[1]
+    # subsets that are all of both sets (in another order) have one value: compute it once
+    whole = m == len(a) and (paired or m == len(b))
     vals = []
     for _ in range(subsets):
         ia = rng.choice(len(a), m, replace=False)
-        x, y = a[ia], b[ia if paired else rng.choice(len(b), m, replace=False)]
+        ib = ia if paired else rng.choice(len(b), m, replace=False)
+        if whole and vals:
+            vals.append(vals[0])
+            continue
+        x, y = a[ia], b[ib]
         kxx, kyy, kxy = _cubic_kernel(x, x, d), _cubic_kernel(y, y, d), _cubic_kernel(x, y, d)
         off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         cross = (kxy.sum() - np.trace(kxy)) / (m * (m - 1)) if paired else kxy.mean()

@@ -1,7 +1,16 @@
-"""The probability-flow ODE of a teacher as a torchdiffeq right-hand side.
+"""The probability-flow ODE of a teacher as a torchdiffeq right-hand side, in three variables.
 
 sigma time:     dx/dsigma     = (x - D(x, sigma)) / sigma        (Karras et al. 2022, eq. 1)
 log-sigma time: dx/dlog sigma = x - D(x, sigma)                  (u = log sigma, same ODE)
+lambda time:    dy/dlambda    = D(y / lambda, 1 / lambda)        (y = x / sigma, lambda = 1 / sigma)
+
+The lambda form is the data-prediction exponential integrator (Lu et al. 2022, DPM-Solver++ eq. 9-10,
+with lambda = 1/sigma instead of log-SNR): from y = x/sigma, dy/dsigma = (dx/dsigma)/sigma - x/sigma^2
+= -D/sigma^2 and dlambda/dsigma = -1/sigma^2, so dy/dlambda = D. The linear part x/sigma of the drift
+is absorbed into the variables and integrated exactly; Euler in lambda is DDIM exactly:
+x' = (sigma'/sigma) x + (1 - sigma'/sigma) D. For a single Gaussian N(mu, s^2 I) the flow is
+y(lambda) = mu lambda + c sqrt(s^2 lambda^2 + 1) (c constant per sample), a smooth hyperbola that
+becomes linear in lambda as sigma -> 0, which Runge-Kutta steps follow with few, long steps.
 Log-sigma time keeps steps well scaled near sigma_min, where plain sigma time needs tiny dt.
 """
 from __future__ import annotations
@@ -10,12 +19,16 @@ import torch
 
 from odebench.teachers.base import Teacher
 
+TIME_VARIABLES = ("lambda", "log-sigma", "sigma")
+
 
 class PFODE(torch.nn.Module):
-    """Drift of the PF-ODE; counts function evaluations and accepted/rejected steps."""
+    """Drift of the PF-ODE in `time` variables; counts function evaluations and accepted/rejected steps."""
 
     def __init__(self, teacher: Teacher, cond: torch.Tensor | None, time: str = "log-sigma") -> None:
         super().__init__()
+        if time not in TIME_VARIABLES:
+            raise ValueError(f"unknown time variable {time!r}")
         self.teacher = teacher
         self.cond = cond
         self.time = time
@@ -28,15 +41,22 @@ class PFODE(torch.nn.Module):
         self.non_finite: torch.Tensor | int = 0
 
     def sigma_of(self, t: torch.Tensor) -> torch.Tensor:
-        # torchdiffeq hands t in the state dtype; go through float64 for the exp.
-        return torch.exp(t.double()) if self.time == "log-sigma" else t.double()
+        """Noise level of time(s) t; torchdiffeq hands t in the state dtype, so go through float64."""
+        return sigma_of(t, self.time)
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         self.last_t = t
-        sigma = self.sigma_of(t).to(x.dtype)
-        d = self.teacher.denoise(x, sigma, self.cond)
-        drift = x - d if self.time == "log-sigma" else (x - d) / sigma
+        sigma = self.sigma_of(t)
+        # a per-sample t (shape (B,)) gives each sample its own noise level (per-sample step control)
+        s = sigma.to(state.dtype)
+        s_b = s.reshape(-1, *([1] * (state.dim() - 1))) if s.ndim else s
+        x = to_x(state, s_b, self.time)
+        d = self.teacher.denoise(x, s, self.cond)
+        if self.time == "lambda":
+            drift = d
+        else:
+            drift = x - d if self.time == "log-sigma" else (x - d) / s_b
         self.non_finite = self.non_finite + (~torch.isfinite(drift)).any()
         return drift
 
@@ -49,5 +69,25 @@ class PFODE(torch.nn.Module):
 
 
 def time_of(sigma: torch.Tensor, time: str) -> torch.Tensor:
-    """The integration variable for noise level(s) sigma."""
-    return torch.log(sigma) if time == "log-sigma" else sigma
+    """The integration variable for noise level(s) sigma: log sigma, sigma or lambda = 1/sigma."""
+    if time == "log-sigma":
+        return torch.log(sigma)
+    return 1.0 / sigma if time == "lambda" else sigma
+
+
+def sigma_of(t: torch.Tensor, time: str) -> torch.Tensor:
+    """Inverse of time_of, in float64."""
+    t = t.double()
+    if time == "log-sigma":
+        return torch.exp(t)
+    return 1.0 / t if time == "lambda" else t
+
+
+def to_state(x: torch.Tensor, sigma, time: str) -> torch.Tensor:
+    """The integrated state for x at noise level sigma: y = x / sigma in lambda time, else x."""
+    return x / sigma if time == "lambda" else x
+
+
+def to_x(state: torch.Tensor, sigma, time: str) -> torch.Tensor:
+    """Inverse of to_state: x = sigma y in lambda time, else the state itself."""
+    return state * sigma if time == "lambda" else state

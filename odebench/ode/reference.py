@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.ode.pfode import PFODE, time_of
+from odebench.ode.pfode import PFODE, time_of, to_state, to_x
 from odebench.ode.spec import SolverSpec
 from odebench.teachers.base import Teacher
 
@@ -46,6 +46,7 @@ def solve_reference(teacher: Teacher, x_start: torch.Tensor, cond: torch.Tensor 
     sigmas = torch.cat([torch.tensor([sigma_start], dtype=torch.float64), curve,
                         torch.tensor([teacher.sigma_min], dtype=torch.float64)])
     t = time_of(sigmas, spec.time)
+    y = to_state(x, sigma_start, spec.time)
     func = PFODE(teacher, cond, spec.time)
     # step_t makes the solver land on every output time, so states are step values, not dense-output
     # interpolants (torchdiffeq's dopri8 interpolant is ~1e-4 off at rtol 1e-5; measured in tests)
@@ -53,9 +54,10 @@ def solve_reference(teacher: Teacher, x_start: torch.Tensor, cond: torch.Tensor 
     options = {"norm": per_sample_rms_max, "step_t": t[1:].to(dtype), **spec.torchdiffeq_options()}
     with torch.no_grad():
         try:
-            states = odeint(func, x, t.to(dtype), rtol=spec.rtol, atol=spec.atol, method=spec.method, options=options)
+            states = odeint(func, y, t.to(dtype), rtol=spec.rtol, atol=spec.atol, method=spec.method, options=options)
         except AssertionError as e:  # torchdiffeq gives up with asserts
             raise solver_failure(e, spec, func) from None
+        states = torch.stack([to_x(states[j], float(sigmas[j]), spec.time) for j in range(states.shape[0])])
         x_min = states[-1]
         x0 = teacher.denoise(x_min, torch.full((x.shape[0],), teacher.sigma_min, dtype=dtype), cond)
     return ReferenceSolution(x0=x0, traj=states[1:-1], curve_sigmas=curve, nfe=func.nfe + 1,

@@ -8,7 +8,7 @@ from typing import Any
 from odebench.errors import OdebenchError
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
-TIME_VARIABLES = ("log-sigma", "sigma")
+TIME_VARIABLES = ("lambda", "log-sigma", "sigma")  # odebench.ode.pfode
 DTYPES = ("float32", "float64")
 # torchdiffeq's adaptive-RK options we pass through; anything else is a typo and an error.
 SOLVER_OPTIONS = ("first_step", "max_num_steps", "safety", "ifactor", "dfactor", "min_step", "max_step")
@@ -24,12 +24,16 @@ OPTION_RANGES = {
     "max_step": (lambda v: v > 0, "a number > 0"),
 }
 
-# Chosen by measurement (benchmarks/reference_solver.py; table in README): the cheapest setting
-# with <= 1e-4 relative endpoint error on both the closed-form Gaussian (6.0e-5, 81 NFE) and the
-# 64-D mixture (7.0e-5, 111 NFE), ~100-1000x below DDIM-100. dopri8/bosh3 and sigma time cost more.
-DEFAULT_METHOD = "dopri5"
-DEFAULT_RTOL = 1e-4
-DEFAULT_ATOL = 1e-4
+# Chosen by measurement (benchmarks/reference_solver.py; table in README): bosh3 in lambda time
+# (y = x/sigma against 1/sigma, odebench.ode.pfode) at 3e-4 is cheaper than the old default
+# (dopri5, log-sigma, 1e-4) on all three measured problems and 2.4x more accurate in the worst case:
+# digits 7.8e-4 relative endpoint error at 117 NFE (old 1.9e-3 at 135), gauss16 3.6e-5 at 75
+# (6.0e-5 at 81), gmm64 1.5e-4 at 111 (7.0e-5 at 111). <= 1e-4 on digits takes ~600 NFE with any
+# measured setting: its guided flow amplifies local errors 10-30x, and dopri8 is stability-limited there.
+DEFAULT_METHOD = "bosh3"
+DEFAULT_TIME = "lambda"
+DEFAULT_RTOL = 3e-4
+DEFAULT_ATOL = 3e-4
 DEFAULT_BATCH = 256
 
 
@@ -40,13 +44,14 @@ class SolverSpec:
     `batch` is part of the spec because torchdiffeq shares one step size across a batch: the
     samples solved together determine the step sequence, so it changes the numbers (within
     tolerance) and must be in the cache key.
-    `dtype` None means the teacher's default (float64 for analytic teachers, float32 otherwise).
+    `dtype` is the ODE state's dtype (--state-dtype; the network's precision is the teacher's,
+    --dtype); None means the teacher's default (float64 for analytic teachers, float32 otherwise).
     """
 
     method: str = DEFAULT_METHOD
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
-    time: str = "log-sigma"
+    time: str = DEFAULT_TIME
     dtype: str | None = None
     batch: int = DEFAULT_BATCH
     options: tuple[tuple[str, float], ...] = ()
@@ -61,7 +66,7 @@ class SolverSpec:
         if self.time not in TIME_VARIABLES:
             raise OdebenchError(f"unknown time variable {self.time!r}: expected one of {', '.join(TIME_VARIABLES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise OdebenchError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+            raise OdebenchError(f"unknown state dtype {self.dtype!r} (--state-dtype): expected one of {', '.join(DTYPES)}")
         if not (isinstance(self.batch, int) and self.batch > 0):
             raise OdebenchError(f"reference batch must be a positive integer, got {self.batch!r}")
         opts = []

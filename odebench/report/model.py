@@ -28,7 +28,9 @@ class Report:
                 "guidance": res["teacher"].get("guidance"), "samples": res.get("samples"),
                 "seed": res.get("seeds", {}).get("seed"), "student_nfe": res["nfe"].get("student_per_sample"),
                 "reference": ref.get("description"), "reference_nfe": res["nfe"]["reference"].get("per_sample"),
-                "reference_floor": (ref.get("floor") or {}).get("ode_mse"), "flags": res.get("flags", []),
+                "reference_floor": (ref.get("floor") or {}).get("ode_mse"),
+                "reference_floor_parts": {k: v.get("ode_mse") for k, v in ((ref.get("floor") or {}).get("parts") or {}).items()},
+                "flags": res.get("flags", []),
                 "kind": r.kind, "oracle": r.is_oracle}
 
     def notes(self) -> list[str]:

@@ -79,13 +79,21 @@ def _context(report: Report) -> str:
             f"reference {r0['reference'].get('description')}")
 
 
+def _floor_cell(info: dict) -> str:
+    """The combined floor, and its parts where the run recorded them (odebench.ode.floor)."""
+    parts = info.get("reference_floor_parts") or {}
+    if "solver" not in parts or "precision" not in parts:
+        return fmt(info["reference_floor"])
+    return f"{fmt(info['reference_floor'])} ({fmt(parts['solver'])} + {fmt(parts['precision'])})"
+
+
 def _info_rows(report: Report) -> list[tuple[str, list[str]]]:
     infos = [report.run_info(r) for r in report.runs]
     return [("student", [str(i["student"]) for i in infos]),
             ("kind", [str(i["kind"]) for i in infos]),
             ("NFE / sample (student)", [fmt(i["student_nfe"]) for i in infos]),
             ("NFE / sample (reference)", [fmt(i["reference_nfe"]) for i in infos]),
-            ("reference floor (ode_mse)", [fmt(i["reference_floor"]) for i in infos]),
+            ("reference floor (ode_mse: solver + precision)", [_floor_cell(i) for i in infos]),
             ("flags", [", ".join(f.split(":", 1)[0] for f in i["flags"]) or "-" for i in infos])]
 
 

@@ -39,6 +39,12 @@ class Student(ABC):
     def nfe(self, steps: int | None = None) -> int:
         """Network (or teacher) evaluations per sample for `steps` sampling steps."""
 
+    def cache_identity(self, steps: int | None = None) -> dict[str, Any] | None:
+        """Everything this student's outputs depend on besides its input tensors, when they may be memoized in
+        the trajectory cache (odebench.ode.cache.memoized: deterministic functions of the teacher, e.g. the
+        solver rows); None (the default): never cached, a stale sample is worse than a slow one."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "name": self.name, "kind": self.kind, "format": self.format,
                 "class": type(self).__name__, "steps": self.steps, "nfe": self.nfe(), "trained_for": self.trained_for}

@@ -18,6 +18,8 @@ from odebench.students.base import NoiseFn, Student
 from odebench.teachers.base import Teacher
 
 SOLVER_KINDS = METHODS  # ddim | euler | heun | dpm2 (odebench.ode.steps)
+# bump when the numbers of `solve` (odebench.ode.steps) change: cached solver-row outputs carry it in their key
+SOLVER_NUMERICS = 1
 
 
 class SolverStudent(Student):
@@ -47,6 +49,11 @@ class SolverStudent(Student):
     def __call__(self, x, sigma, cond):
         sig = float(torch.as_tensor(sigma).reshape(-1)[0])  # one noise level per call
         return self.solve(x, karras_sigmas(self.steps, min(self.teacher.sigma_min, sig), sig), cond)
+
+    def cache_identity(self, steps: int | None = None) -> dict:
+        """Everything this solver's outputs depend on besides its input tensors (the key of odebench.ode.cache.memoized)."""
+        return {"kind": "solver-student", "method": self.method, "steps": self.steps if steps is None else steps,
+                "grid": "karras rho=7", "teacher": self.teacher.ode_identity(), "numerics": SOLVER_NUMERICS}
 
     def describe(self):
         return {**super().describe(), "grid": "karras rho=7, K levels sigma_max..sigma_min, then 0",

@@ -119,6 +119,25 @@ FLOW = FlowProcess()
 PROCESSES = {"ve": VE, "vp": VP, "flow": FLOW}
 
 
+# the precision a teacher's network runs in (--dtype); the ODE state keeps its own dtype (--state-dtype)
+NETWORK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+def network_dtype_name(dtype: torch.dtype) -> str:
+    """fp32 | bf16 | fp16 | fp64 for a torch dtype."""
+    for name, d in NETWORK_DTYPES.items():
+        if d == dtype:
+            return name
+    raise OdebenchError(f"unsupported network dtype {dtype}")
+
+
+def check_network_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a --dtype name; a one-line error names the choices."""
+    if name not in NETWORK_DTYPES:
+        raise OdebenchError(f"unknown network dtype {name!r}: expected fp16, bf16 or fp32 (or fp64)")
+    return NETWORK_DTYPES[name]
+
+
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance weight in a named form.
@@ -303,6 +322,18 @@ class Teacher(ABC):
         """(D_uncond, D_cond); network teachers override this to run both branches as one batch."""
         return self._denoise(x, sigma, None), self._denoise(x, sigma, cond)
 
+    # -- network precision -------------------------------------------------------------------
+    @property
+    def network_dtype(self) -> str | None:
+        """fp32 | bf16 | fp16 | fp64 for a network teacher; None for an analytic one (it computes in the state dtype)."""
+        return None
+
+    def with_network_dtype(self, dtype: str) -> "Teacher":
+        """A view of this teacher whose network runs in `dtype` (shares the eval counter)."""
+        check_network_dtype(dtype)
+        raise OdebenchError(f"--dtype sets a network's precision; teacher {self.name!r} is analytic "
+                            "(it computes in the ODE state's dtype: use --state-dtype)")
+
     # -- identity ----------------------------------------------------------------------------
     def with_guidance(self, guidance: Guidance) -> "Teacher":
         other = copy.copy(self)
@@ -310,8 +341,11 @@ class Teacher(ABC):
         return other
 
     def ode_identity(self) -> dict[str, Any]:
-        """Everything that defines the ODE being solved (cache keys and student compatibility)."""
-        return {
+        """Everything that defines the ODE being solved and the numbers of its solves (cache keys).
+
+        The network's precision changes the numbers but not the ODE a student was trained for, so it
+        is here and not in `fingerprint()` (which students are matched against)."""
+        ident = {
             "teacher": self.name,
             "fingerprint": self.fingerprint(),
             # canonical: lcm w and imagen w+1 are the same ODE and share cache entries
@@ -320,6 +354,9 @@ class Teacher(ABC):
             "sigma_max": self.sigma_max,
             "init_noise_scale": self.init_noise_scale(),
         }
+        if self.network_dtype is not None:
+            ident["network_dtype"] = self.network_dtype
+        return ident
 
     def describe(self) -> dict[str, Any]:
         return {**self.ode_identity(), "guidance": self.guidance.to_dict(), "spec": self.spec(), "shape": list(self.shape),

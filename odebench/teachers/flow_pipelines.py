@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, FLOW_VELOCITY, SCHEDULER, TEXT, TRANSFORMER, Guidance
+from odebench.teachers.base import (DECODES, FLOW_VELOCITY, SCHEDULER, TEXT, TRANSFORMER, Guidance, check_network_dtype,
+                                    network_dtype_name)
 from odebench.teachers.family import TeacherFamily, register
 from odebench.teachers.flow import FlowTeacher, dynamic_shift_mu, embedded_guidance
 from odebench.teachers.text_to_image import (MODEL_DTYPES, TextToImageTeacher, WEIGHT_NAMES, _variant,
@@ -101,7 +102,7 @@ class FlowTextToImageTeacher(FlowTeacher):
         f = self.vae_scale_factor
         if self.height % f or self.width % f:
             raise OdebenchError(f"--height/--width must be multiples of {f}, got {self.height}x{self.width}")
-        return int(self.transformer.config.in_channels), self.height // f, self.width // f
+        return int(self.transformer_config.in_channels), self.height // f, self.width // f
 
     def make_default_guidance(self, uncond: str) -> Guidance:
         return Guidance(self.default_w, "imagen", uncond)
@@ -145,18 +146,51 @@ class FlowTextToImageTeacher(FlowTeacher):
     def sigma_data(self) -> float:
         return 1.0  # the flow latents are scaled to unit variance (shift and scaling factors)
 
+    # a precision view (with_network_dtype) casts its transformer copy on first use, so a view whose work
+    # is all cached (a warm run's floor) never holds a second transformer
+    _transformer_pending: tuple | None = None  # (source transformer, target dtype)
+
+    @property
+    def transformer(self):
+        if self._transformer_pending is not None:
+            source, dtype = self._transformer_pending
+            # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
+            self._transformer, self._transformer_pending = torch.nn.Module.to(copy.deepcopy(source), dtype), None
+        return self._transformer
+
+    @transformer.setter
+    def transformer(self, module) -> None:
+        self._transformer, self._transformer_pending = module, None
+
+    @property
+    def transformer_config(self):
+        """The transformer's config (a pending precision view's without casting its copy)."""
+        return (self._transformer_pending[0] if self._transformer_pending is not None else self._transformer).config
+
     @property
     def transformer_dtype(self) -> torch.dtype:
+        if self._transformer_pending is not None:
+            return self._transformer_pending[1]
         return next(self.transformer.parameters()).dtype
+
+    @property
+    def network_dtype(self) -> str:
+        return network_dtype_name(self.transformer_dtype)
+
+    def with_network_dtype(self, dtype: str) -> "FlowTextToImageTeacher":
+        """A view whose transformer runs in `dtype`: a cast copy of the loaded one (the reference floor's
+        precision part upcasts a fp16/bf16 transformer this way: the same weights in float32 arithmetic)."""
+        torch_dtype = check_network_dtype(dtype)
+        if torch_dtype == self.transformer_dtype:
+            return self
+        other = copy.copy(self)
+        other._transformer_pending = (self.transformer, torch_dtype)
+        return other
 
     def fingerprint(self) -> str:
         blob = json.dumps({**self.identity, "pipeline": self.pipeline, "max_sequence_length": self.max_sequence_length},
                           sort_keys=True)
         return f"{self.name}-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def ode_identity(self) -> dict[str, Any]:
-        # the network precision changes the numbers, not the ODE a student was trained for: cache keys only
-        return {**super().ode_identity(), "transformer_dtype": str(self.transformer_dtype).replace("torch.", "")}
 
     def spec(self) -> Any:
         return self._spec
@@ -202,7 +236,7 @@ class SD3Teacher(FlowTextToImageTeacher):
     def _t5(self, prompts):
         tok, te = self.tokenizers[2], self.text_encoders[2]
         if te is None:  # text_encoder_3=None: the pipeline's zeros
-            return torch.zeros(len(prompts), self.max_sequence_length, int(self.transformer.config.joint_attention_dim),
+            return torch.zeros(len(prompts), self.max_sequence_length, int(self.transformer_config.joint_attention_dim),
                                device=self.device)
         ids = tok(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                   add_special_tokens=True, return_tensors="pt").input_ids
@@ -210,8 +244,8 @@ class SD3Teacher(FlowTextToImageTeacher):
 
     def uncond_zeros(self, batch):
         length = int(self.tokenizers[0].model_max_length) + self.max_sequence_length
-        return (torch.zeros(batch, length, int(self.transformer.config.joint_attention_dim), device=self.device),
-                torch.zeros(batch, int(self.transformer.config.pooled_projection_dim), device=self.device))
+        return (torch.zeros(batch, length, int(self.transformer_config.joint_attention_dim), device=self.device),
+                torch.zeros(batch, int(self.transformer_config.pooled_projection_dim), device=self.device))
 
     def _transformer_pass(self, transformer, x_t, t, ehs, pooled):
         dtype = next(transformer.parameters()).dtype
@@ -225,7 +259,7 @@ class SD3Teacher(FlowTextToImageTeacher):
         kw: dict[str, Any] = {}
         if scheduler.config.get("use_dynamic_shifting", False) and _accepts(scheduler, "mu"):
             cfg = scheduler.config
-            p = int(self.transformer.config.patch_size)
+            p = int(self.transformer_config.patch_size)
             kw["mu"] = dynamic_shift_mu((self.shape[1] // p) * (self.shape[2] // p), cfg.get("base_image_seq_len", 256),
                                         cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16))
         return kw
@@ -264,13 +298,13 @@ class FluxTeacher(FlowTextToImageTeacher):
 
     @property
     def guidance_embeds(self) -> bool:
-        return bool(self.transformer.config.guidance_embeds)
+        return bool(self.transformer_config.guidance_embeds)
 
     def latent_shape(self):
         f = self.vae_scale_factor * 2  # packing needs latent sides divisible by 2
         if self.height % f or self.width % f:
             raise OdebenchError(f"--height/--width must be multiples of {f} for FLUX.1, got {self.height}x{self.width}")
-        return int(self.transformer.config.in_channels) // 4, 2 * (self.height // f), 2 * (self.width // f)
+        return int(self.transformer_config.in_channels) // 4, 2 * (self.height // f), 2 * (self.width // f)
 
     def make_default_guidance(self, uncond):
         if self.guidance_embeds:
@@ -296,8 +330,8 @@ class FluxTeacher(FlowTextToImageTeacher):
         return te2(ids2.to(te2.device), output_hidden_states=False)[0].float(), pooled
 
     def uncond_zeros(self, batch):
-        return (torch.zeros(batch, self.max_sequence_length, int(self.transformer.config.joint_attention_dim), device=self.device),
-                torch.zeros(batch, int(self.transformer.config.pooled_projection_dim), device=self.device))
+        return (torch.zeros(batch, self.max_sequence_length, int(self.transformer_config.joint_attention_dim), device=self.device),
+                torch.zeros(batch, int(self.transformer_config.pooled_projection_dim), device=self.device))
 
     def _transformer_pass(self, transformer, x_t, t, ehs, pooled):
         dtype = next(transformer.parameters()).dtype

@@ -6,6 +6,7 @@ was trained. Class `null_class` is the unconditional label used for classifier-f
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, Guidance
+from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, Guidance, check_network_dtype, network_dtype_name
 from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule  # noqa: F401 (re-exported)
 from odebench.teachers.family import PaperGrid, TeacherFamily, register
 
@@ -34,6 +35,9 @@ class UNetClassTeacher(DiscreteVPTeacher):
                  schedule: dict[str, Any] | None = None) -> None:
         super().__init__(alphas_cumprod, prediction)
         self.unet = unet.eval().requires_grad_(False)
+        # the network as loaded (the shipped float32 weights): other precisions are cast from it, so
+        # a bf16 teacher's float32 view (the reference floor's precision part) is the original network
+        self._master = self.unet
         self.name = name
         self.num_classes = int(num_classes)
         self.null_class = int(null_class)
@@ -55,7 +59,9 @@ class UNetClassTeacher(DiscreteVPTeacher):
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
         with torch.no_grad():
-            return self.unet(x_in.to(dtype), t.to(dtype), class_labels=labels).sample
+            # the timestep in float32 at least: bf16 would round t to 3 significant digits
+            t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+            return self.unet(x_in.to(dtype), t.to(t_dtype), class_labels=labels).sample
 
     def _model(self, x_in, t, cond):
         return self._unet(x_in, t, self._labels(cond, x_in.shape[0]))
@@ -66,6 +72,21 @@ class UNetClassTeacher(DiscreteVPTeacher):
         out = self._unet(x_in.repeat(2, *([1] * (x_in.dim() - 1))), t.repeat(2),
                          torch.cat([self._labels(None, b), self._labels(cond, b)]))
         return out[:b], out[b:]
+
+    @property
+    def network_dtype(self) -> str:
+        return network_dtype_name(next(self.unet.parameters()).dtype)
+
+    def with_network_dtype(self, dtype: str) -> "UNetClassTeacher":
+        """A view whose UNet runs in `dtype`: a cast copy of the loaded weights (bf16/fp16 round them);
+        the state stays in its own dtype, the UNet's input and output are cast at the call."""
+        torch_dtype = check_network_dtype(dtype)
+        if torch_dtype == next(self.unet.parameters()).dtype:
+            return self
+        other = copy.copy(self)
+        master_dtype = next(self._master.parameters()).dtype
+        other.unet = self._master if torch_dtype == master_dtype else torch.nn.Module.to(copy.deepcopy(self._master), torch_dtype)
+        return other
 
     def fingerprint(self) -> str:
         blob = json.dumps({"weights": self.weights_sha256, "abar": hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest(),
