@@ -1,12 +1,15 @@
-"""SDXL training batches from a caption folder: random crops, micro-conditioning, VAE latents, text.
+"""Text-to-image training batches from a caption folder (SDXL; SD3 / FLUX.1 without micro-conditioning):
+random crops, micro-conditioning, VAE latents, text.
 
 Each item (as in the diffusers SDXL LCM-LoRA script the paper's code builds on): the image is
 resized so its short side equals the training resolution (bilinear), then cropped at a random
 offset to resolution x resolution; SDXL's micro-conditioning is add_time_ids = (original height,
 width, crop top, left, target height, width), the original size being the file's. Pixels map to
 [-1, 1]; the VAE (float32 unless the teacher carries an fp16-fix VAE) encodes them and the latent
-is a sample of its posterior times the scaling factor (with latents_mean/std when the VAE has them,
-the inverse of the teacher's decode). Captions go through the teacher's two text encoders.
+is a sample of its posterior times the scaling factor (with latents_mean/std when the VAE has them, and
+minus the shift factor first when it has one, as SD3's and FLUX's: (z - shift) * scale; the inverse of
+the teacher's decode). Captions go through the teacher's text encoders. A flow teacher's network takes no
+micro-conditioning (`micro_conditioning=False`): the batch's EncodedPrompts carry no time_ids.
 
 Everything random (items, crops, the posterior sample) comes from the loop's generator, drawn for
 the whole global batch in fixed amounts, so a run is deterministic given the seed and a process of
@@ -45,9 +48,9 @@ class SDXLCaptionData:
     """`sample(batch, g, part)` -> (latents x0 (B, 4, h, w) float32 on CPU, EncodedPrompts) for the loop."""
 
     def __init__(self, teacher, folder: Path | str, resolution: int, vae_batch: int = 4,
-                 items: list[CaptionedImage] | None = None) -> None:
+                 items: list[CaptionedImage] | None = None, micro_conditioning: bool = True) -> None:
         if teacher.vae is None:
-            raise OdebenchError("SDXL training encodes images: the teacher must be loaded with its VAE")
+            raise OdebenchError("text-to-image training encodes images: the teacher must be loaded with its VAE")
         if resolution % teacher.vae_scale_factor:
             raise OdebenchError(f"--resolution must be a multiple of {teacher.vae_scale_factor}, got {resolution}")
         self.teacher = teacher
@@ -57,6 +60,7 @@ class SDXLCaptionData:
         self.latent_shape = (int(teacher.vae.config.latent_channels), resolution // teacher.vae_scale_factor,
                              resolution // teacher.vae_scale_factor)
         self.vae_batch = int(vae_batch)
+        self.micro_conditioning = bool(micro_conditioning)
 
     def _pixels(self, item: CaptionedImage, u_top: float, u_left: float):
         from PIL import Image
@@ -83,7 +87,7 @@ class SDXLCaptionData:
                 std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1)
                 z = (z - mean) * cfg.scaling_factor / std
             else:
-                z = z * cfg.scaling_factor
+                z = (z - float(getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
             outs.append(z)
         return torch.cat(outs)
 
@@ -101,4 +105,4 @@ class SDXLCaptionData:
             captions.append(item.caption)
         x0 = self.encode_images(torch.stack(pixels), noise[list(keep)])
         embeds, pooled = self.teacher.encode_prompts(captions)
-        return x0, EncodedPrompts(embeds, pooled, torch.stack(ids))
+        return x0, EncodedPrompts(embeds, pooled, torch.stack(ids) if self.micro_conditioning else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from baselines.lora import add_lora, save_lora as save_lora_weights
 from odebench.errors import OdebenchError
 from odebench.students.lcm import PAPER, lcm_consistency
 from odebench.teachers.text_condition import EncodedPrompts
@@ -25,17 +26,7 @@ SDXL_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", 
 def sdxl_lora(unet, rank: int, alpha: float, seed: int = 0):
     """peft LoRA (dropout 0, B = 0 at start: the student starts as the teacher) on the paper's targets.
     The adapter weights are float32 even on an fp16 UNet (peft's autocast_adapter_dtype)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise OdebenchError("SDXL LoRA training needs peft: pip install 'odebench[train]'") from None
-    present = {name for name, _ in unet.named_modules()}
-    missing = [t for t in SDXL_LORA_TARGETS if not any(n == t or n.endswith("." + t) for n in present)]
-    if missing:
-        raise OdebenchError(f"the UNet has none of the LoRA target modules {', '.join(missing)} (not an SDXL UNet?)")
-    torch.manual_seed(seed)  # the LoRA A init, reproducibly
-    return get_peft_model(unet, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights="gaussian",
-                                           target_modules=list(SDXL_LORA_TARGETS)))
+    return add_lora(unet, SDXL_LORA_TARGETS, rank, alpha, seed, require_all=True, what="UNet")
 
 
 class SDXLPaperLCM(nn.Module):
@@ -72,16 +63,4 @@ def save_lora(peft_unet, folder) -> None:
     """The LoRA alone in diffusers' layout (`pytorch_lora_weights.safetensors`, rank and alpha in its
     metadata): megabytes instead of the merged UNet's gigabytes, loadable by diffusers pipelines and by
     `odebench run --student FOLDER --student-convention paper --student-guidance W`."""
-    from diffusers import StableDiffusionXLPipeline
-    from peft.utils import get_peft_model_state_dict
-
-    config = peft_unet.peft_config["default"].to_dict()
-    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    # alpha / rank is folded into B and alpha written as the rank: loaders that ignore the metadata
-    # (and assume alpha = rank) then apply the same delta
-    scale = float(config["lora_alpha"]) / float(config["r"])
-    config["lora_alpha"] = config["r"]
-    # PeftModel keys carry a "base_model.model." prefix that diffusers' UNet loader does not expect
-    state = {k.removeprefix("base_model.model."): (v.detach().float().cpu() * (scale if ".lora_B." in k else 1.0)).contiguous()
-             for k, v in get_peft_model_state_dict(peft_unet).items()}
-    StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=state, unet_lora_adapter_metadata=config)
+    save_lora_weights(peft_unet, folder, "StableDiffusionXLPipeline", "unet")

@@ -72,6 +72,21 @@ def _train_sdxl(cfg, teacher_spec, out, guidance, conditional, resume, progress,
                               record_run=lambda record, write=True: record_run(out, record, resume, write))
 
 
+def _flow_image(title: str):
+    """A flow-transformer family's trainer (SD3 / SD3.5, FLUX.1): baselines.flow_train."""
+
+    def run(cfg, teacher_spec, out, guidance, conditional, resume, progress, sdxl, **_):
+        from baselines.flow_train import train_flow_student
+        from baselines.image_train import ImageOptions
+
+        if conditional is False:
+            raise OdebenchError(f"{title} students are caption-conditioned; --uncond does not apply")
+        return train_flow_student(cfg, str(teacher_spec), out, sdxl or ImageOptions(), title, guidance, resume, progress,
+                                  record_run=lambda record, write=True: record_run(out, record, resume, write))
+
+    return run
+
+
 def _train_mixture(cfg, teacher, out, conditional, resume, progress, hidden, depth):
     from odebench.students.consistency import export_mlp_student
     from odebench.students.mlp import MLPConsistency
@@ -132,11 +147,19 @@ def _sdxl_defaults() -> dict[str, Any]:
     return PAPER_DEFAULTS
 
 
+def _flow_defaults() -> dict[str, Any]:
+    from baselines.flow_train import FLOW_DEFAULTS
+
+    return FLOW_DEFAULTS
+
+
 # family name (odebench.teachers.family) -> its trainer; a family without one cannot be trained on
 TRAINERS: dict[str, Trainer] = {
     "gmm": Trainer("gmm", _plain(_train_mixture), lambda: PLAIN_DEFAULTS),
     "digits": Trainer("digits", _plain(_train_class_unet), lambda: PLAIN_DEFAULTS),
     "sdxl": Trainer("sdxl", _train_sdxl, _sdxl_defaults, image_options=True),
+    "sd3": Trainer("sd3", _flow_image("SD3"), _flow_defaults, image_options=True),
+    "flux": Trainer("flux", _flow_image("FLUX.1"), _flow_defaults, image_options=True),
 }
 
 
@@ -154,7 +177,7 @@ def train_student(cfg: DistillConfig, teacher_spec: Any, out: Path, guidance=Non
                   resume: bool = False, hidden: int = 256, depth: int = 3,
                   progress: Callable[[int, float, float], None] | None = None, sdxl=None) -> Path:
     """Distil a student for the teacher ODE (teacher, guidance, conditioning); returns its sidecar.
-    A text-to-image teacher's trainer takes `sdxl` (baselines.sdxl_train.SDXLOptions)."""
+    A text-to-image teacher's trainer takes `sdxl` (baselines.image_train.ImageOptions)."""
     cfg.validate()
     from odebench.fileio import check_writable_dir
 

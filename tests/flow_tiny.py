@@ -137,3 +137,57 @@ def build_tiny_flux(root: Path, seed: int = 0, guidance_embeds: bool = True) -> 
              "image_encoder": [None, None], "feature_extractor": [None, None]}
     (root / "model_index.json").write_text(json.dumps(index))
     return root
+
+
+FLOW_LORA_TEST_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "to_add_out", "ff.net.0.proj", "ff.net.2",
+                          "norm1.linear", "proj_mlp"]
+
+
+def write_flow_lora(transformer, folder: Path, pipeline: str, seed: int = 3, rank: int = 4, alpha: float | None = None,
+                    layout: str = "peft", gain: float = 2.0):
+    """A tiny random LoRA (init_lora_weights=False: A and B both random) on a flow transformer, written with the
+    pipeline's save_lora_weights: layout "peft" (peft keys lora_A/B, lora_alpha = `alpha` in the file's metadata),
+    "released" (the old lora.down/up names of convert_state_dict_to_diffusers, alpha = rank) or "alphas" (peft keys
+    and a per-module `.alpha` tensor, no metadata, as many FLUX LoRAs ship; written with safetensors). Returns (the
+    file, the transformer's state dict with the LoRA merged by peft)."""
+    import copy
+
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = copy.deepcopy(transformer)
+    present = {n for n, _ in transformer.named_modules()}
+    targets = [t for t in FLOW_LORA_TEST_TARGETS if any(n.endswith("." + t) for n in present)]
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=False, target_modules=targets)
+    transformer.add_adapter(config)
+    with torch.no_grad():  # peft's random B is small; 2x changes the velocity visibly (20x makes the tiny network chaotic: 1e-6 input changes grow to 1e-3)
+        for n, p in transformer.named_parameters():
+            if "lora_B" in n:
+                p.mul_(gain)
+    layers = get_peft_model_state_dict(transformer)
+    metadata = None
+    if layout == "released":
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        layers = convert_state_dict_to_diffusers(layers)
+        assert alpha is None
+    else:
+        metadata = config.to_dict()
+        metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in metadata.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "alphas":
+        from safetensors.torch import save_file
+
+        state = {f"transformer.{k}": v.contiguous() for k, v in layers.items()}
+        for k in layers:
+            if k.endswith(".lora_A.weight"):
+                state[f"transformer.{k[:-len('.lora_A.weight')]}.alpha"] = torch.tensor(float(alpha or rank))
+        save_file(state, str(folder / "pytorch_lora_weights.safetensors"))
+    else:
+        getattr(diffusers, pipeline).save_lora_weights(str(folder), transformer_lora_layers=layers,
+                                                       transformer_lora_adapter_metadata=metadata)
+    transformer.fuse_lora()
+    transformer.unload_lora()
+    return folder / "pytorch_lora_weights.safetensors", {k: v.detach().clone() for k, v in transformer.state_dict().items()}

@@ -170,3 +170,25 @@ def write_lcm_sdxl_unet(folder: Path, seed: int = 5, time_cond_proj_dim: int = 1
     """A tiny LCM-SDXL student: a full UNet with a guidance embedding (time_cond_proj_dim)."""
     tiny_unet(seed, time_cond_proj_dim).save_pretrained(str(folder))
     return folder
+
+
+def write_folder(folder: Path, how: str = "jsonl") -> Path:
+    """Four images of different shapes (one smaller than the crop: upscaled) with captions."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sizes = [(24, 40), (40, 24), (16, 16), (12, 20)]  # (H, W)
+    rows = []
+    for i, (h, w) in enumerate(sizes):
+        name = f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+        rows.append({"file_name": name, "text": CAPTIONS[i]})
+        if how == "txt":
+            (folder / f"img{i}.txt").write_text(CAPTIONS[i] + "\n")
+    if how == "jsonl":
+        (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif how == "csv":
+        (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"{r['file_name']},{r['text']}\n" for r in rows))
+    return folder

@@ -231,13 +231,15 @@ def test_cli_run_on_the_analytic_flow_teacher(tmp_path):
 
 def test_cm_and_direct_targets_on_the_flow_teacher_equal_hand_written_ones():
     """baselines/targets.py on the flow teacher (forward process x_t = (1-t) x0 + t z): CM's target is the student at
-    x_n + (t_{n+1} - t_n) v(x_n, t_n); Direct CM's is Euler in t from t_n to t_N, v from the closed-form Gaussian."""
+    x_n + (t_{n+1} - t_n) v(x_n, t_n); Direct CM's is Euler in t from t_n to t_N = 0, v from the closed-form Gaussian."""
     from baselines.targets import cm_target, direct_target
     from odebench.ode.paper_grid import grid_for
 
     teacher = gauss_flow()
     grid = grid_for(teacher, 10)
-    assert float(grid.sigmas[0]) == 1.0 and abs(float(grid.sigmas[-1]) - T_MIN) < 1e-15
+    # the teacher's own sampler grid (FlowMatchEuler, shift 1): 10 levels linspace(1, 1/1000), then t = 0
+    expected = np.append(np.linspace(1.0, 1e-3, 10), 0.0)
+    assert grid.kind == "flow-sampler" and np.allclose(grid.sigmas.numpy(), expected, rtol=1e-6, atol=0)
     g = torch.Generator().manual_seed(7)
     x0, z = MU + S * torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
     n = torch.tensor([0, 1, 3, 5, 8, 9])

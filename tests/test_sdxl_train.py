@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sdxl_tiny import CAPTIONS, build_tiny_sdxl  # noqa: E402
+from sdxl_tiny import CAPTIONS, build_tiny_sdxl, write_folder  # noqa: E402
 
 from odebench.errors import OdebenchError  # noqa: E402
 
@@ -26,27 +26,6 @@ def one_thread():
 @pytest.fixture(scope="session")
 def sdxl_dir(tmp_path_factory):
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl-train") / "model")
-
-
-def write_folder(folder: Path, how: str = "jsonl") -> Path:
-    """Four images of different shapes (one smaller than the crop: upscaled) with captions."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    sizes = [(24, 40), (40, 24), (16, 16), (12, 20)]  # (H, W)
-    rows = []
-    for i, (h, w) in enumerate(sizes):
-        name = f"img{i}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
-        rows.append({"file_name": name, "text": CAPTIONS[i]})
-        if how == "txt":
-            (folder / f"img{i}.txt").write_text(CAPTIONS[i] + "\n")
-    if how == "jsonl":
-        (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif how == "csv":
-        (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"{r['file_name']},{r['text']}\n" for r in rows))
-    return folder
 
 
 @pytest.fixture(scope="session")

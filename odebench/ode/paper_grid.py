@@ -2,8 +2,13 @@
 
 Discrete teachers use the paper's 1-indexed grid (PAPER.md): timesteps T, T - T/N, ..., T/N, 0;
 timestep t >= 1 sits at noise level sigma_{t-1} of the training schedule and t = 0 is sigma = 0
-(the x0 estimate). The LCM scalings see the integer t, as in the paper's code. Continuous
-teachers use the Karras schedule of N + 1 levels from sigma_max down to sigma_min.
+(the x0 estimate). The LCM scalings see the integer t, as in the paper's code. Rectified-flow teachers
+(FLOW_VELOCITY) use their own sampler's N-step grid: the FlowMatchEulerDiscreteScheduler levels their
+pipeline samples N steps on (the shift, FLUX's sigmas and dynamic mu at the teacher's resolution), then
+t = 0 (the x0 estimate), the flow analogue of the paper's grid (the teacher's DDIM schedule): it is the
+discretisation the teacher is sampled on, and the shift puts the steps where its velocity field curves
+at that resolution. Other continuous teachers use the Karras schedule of N + 1 levels from sigma_max
+down to sigma_min.
 """
 from __future__ import annotations
 
@@ -41,8 +46,26 @@ def grid_for(teacher, n: int) -> DistillGrid:
         t = torch.arange(total, -1, -total // n, dtype=torch.float64)  # T, T - T/N, ..., 0
         sig = torch.cat([teacher.sigmas[(t[:-1] - 1).long()], torch.zeros(1, dtype=torch.float64)])
         return DistillGrid(sig, t, "discrete-1-indexed")
+    from odebench.teachers.base import FLOW_VELOCITY
+
+    if teacher.has(FLOW_VELOCITY):
+        return flow_grid(teacher, n)
     sig = karras_sigmas(n + 1, teacher.sigma_min, teacher.sigma_max)
     return DistillGrid(sig, sig.clone(), "karras")
+
+
+def flow_grid(teacher, n: int) -> DistillGrid:
+    """A flow teacher's N-step FlowMatchEulerDiscreteScheduler levels t_0 = 1 > ... > t_{N-1} > t_N = 0, as its
+    pipeline sets them (scheduler config and set_timesteps arguments); timesteps are diffusers' 1000 t."""
+    import inspect
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    init = set(inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters)
+    sched = FlowMatchEulerDiscreteScheduler.from_config({k: v for k, v in teacher.scheduler_config().items() if k in init})
+    sched.set_timesteps(n, **teacher.set_timesteps_kwargs(sched, n))
+    sig = sched.sigmas.double()
+    return DistillGrid(sig, sig * teacher.num_train_timesteps, "flow-sampler")
 
 
 GRID_SOLVERS = tuple(METHODS)  # the step table's methods (odebench.ode.steps)

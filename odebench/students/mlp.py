@@ -66,6 +66,8 @@ class MLPConsistency(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        # below sigma_min f is the identity (a flow grid ends at t = 0, where log sigma would be -inf)
+        sigma = sigma.clamp_min(self.sigma_min)
         c_skip, c_out, c_in, c_noise = edm_cm_scalings(sigma, self.sigma_data, self.sigma_min)
         emb = self.time_emb(c_noise)
         if self.class_emb is not None:

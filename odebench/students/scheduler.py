@@ -134,8 +134,11 @@ class SchedulerSpec:
         try:
             sched = klass.from_config({**base, **self.config})
             kw = dict(self.timesteps)
-            if "timesteps" in kw or "sigmas" in kw:
-                sched.set_timesteps(**kw)
+            explicit = kw.get("timesteps") or kw.get("sigmas")
+            if explicit is not None:
+                # the pipeline's other arguments still apply (FluxPipeline passes mu with the caller's sigmas)
+                extra = pipeline_kwargs(sched, len(explicit)) if pipeline_kwargs else {}
+                sched.set_timesteps(**{**{k: v for k, v in extra.items() if k not in ("timesteps", "sigmas")}, **kw})
             else:
                 k = steps or self.steps
                 sched.set_timesteps(k, **{**(pipeline_kwargs(sched, k) if pipeline_kwargs else {}), **kw})

@@ -123,6 +123,11 @@ class FlowTextToImageTeacher(FlowTeacher):
             out = self._transformer_pass(transformer, x_t, t, ehs, pooled)
         return out.to(x_t.device, torch.float32)
 
+    def transformer_pass(self, transformer, x_t: torch.Tensor, t: torch.Tensor, ehs, pooled) -> torch.Tensor:
+        """One differentiable pass of a student's `transformer` as this teacher calls its own (the trainers):
+        v in float32 where x_t lives."""
+        return self._transformer_pass(transformer, x_t, t, ehs, pooled).to(x_t.device, torch.float32)
+
     def _velocity(self, x_t, t, cond):
         ehs, pooled = self.condition_inputs(cond, x_t.shape[0])
         return self.run_transformer(self.transformer, x_t, t, ehs, pooled)
