@@ -327,9 +327,13 @@ def study(
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
     out: Path = typer.Option(..., help="Study directory: study.json, runs/, students/, train/ (checkpoints)."),
     plan_only: bool = typer.Option(False, "--plan", help="List the grid's points, done or to do, and exit."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads for torch: a number, or auto (default: the idle cores this process can get; env ODEBENCH_THREADS)."),
 ):
     """Train CM and Direct CM students over training budgets and seeds (resumable), score each against one
     shared reference from the same noise, and write OUT/study.json. Report: odebench report --study OUT."""
+    from odebench.threads import configure, parse_threads
+
+    configure(parse_threads(threads))
     from odebench.ode.spec import SolverSpec
     from odebench.study.plan import StudyConfig, plan
     from odebench.study.runner import StudyProgress, run_study
