@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import (DECODES, FLOW_VELOCITY, SCHEDULER, TEXT, TRANSFORMER, Guidance, check_network_dtype,
-                                    network_dtype_name)
+from odebench.teachers.base import DECODES, FLOW_VELOCITY, SCHEDULER, TEXT, TRANSFORMER, Guidance
 from odebench.teachers.family import TeacherFamily, register
 from odebench.teachers.flow import FlowTeacher, dynamic_shift_mu, embedded_guidance
+from odebench.teachers.network_view import CastableNetwork, LazyCastModule
 from odebench.teachers.text_to_image import (MODEL_DTYPES, TextToImageTeacher, WEIGHT_NAMES, _variant,
                                              pipeline_class)
 
@@ -46,7 +46,7 @@ UNCOND_MODES = {"zeros": "zeros", "empty": "empty-prompt", "empty-prompt": "empt
 OPTIONS = ("dtype", "device", "height", "width", "uncond", "max_sequence_length")  # the last: T5's length (API only)
 
 
-class FlowTextToImageTeacher(FlowTeacher):
+class FlowTextToImageTeacher(CastableNetwork, FlowTeacher):
     """A diffusers flow transformer with text conditioning; subclasses give `_encode`, `uncond_zeros`
     and `_transformer_pass` (module docstring)."""
 
@@ -146,46 +146,18 @@ class FlowTextToImageTeacher(FlowTeacher):
     def sigma_data(self) -> float:
         return 1.0  # the flow latents are scaled to unit variance (shift and scaling factors)
 
-    # a precision view (with_network_dtype) casts its transformer copy on first use, so a view whose work
-    # is all cached (a warm run's floor) never holds a second transformer
-    _transformer_pending: tuple | None = None  # (source transformer, target dtype)
-
-    @property
-    def transformer(self):
-        if self._transformer_pending is not None:
-            source, dtype = self._transformer_pending
-            # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
-            self._transformer, self._transformer_pending = torch.nn.Module.to(copy.deepcopy(source), dtype), None
-        return self._transformer
-
-    @transformer.setter
-    def transformer(self, module) -> None:
-        self._transformer, self._transformer_pending = module, None
+    # a precision view casts its transformer copy on first use (odebench.teachers.network_view)
+    transformer = LazyCastModule()
+    network_attr = "transformer"
 
     @property
     def transformer_config(self):
         """The transformer's config (a pending precision view's without casting its copy)."""
-        return (self._transformer_pending[0] if self._transformer_pending is not None else self._transformer).config
+        return type(self).transformer.source(self).config
 
     @property
     def transformer_dtype(self) -> torch.dtype:
-        if self._transformer_pending is not None:
-            return self._transformer_pending[1]
-        return next(self.transformer.parameters()).dtype
-
-    @property
-    def network_dtype(self) -> str:
-        return network_dtype_name(self.transformer_dtype)
-
-    def with_network_dtype(self, dtype: str) -> "FlowTextToImageTeacher":
-        """A view whose transformer runs in `dtype`: a cast copy of the loaded one (the reference floor's
-        precision part upcasts a fp16/bf16 transformer this way: the same weights in float32 arithmetic)."""
-        torch_dtype = check_network_dtype(dtype)
-        if torch_dtype == self.transformer_dtype:
-            return self
-        other = copy.copy(self)
-        other._transformer_pending = (self.transformer, torch_dtype)
-        return other
+        return type(self).transformer.dtype(self)
 
     def fingerprint(self) -> str:
         blob = json.dumps({**self.identity, "pipeline": self.pipeline, "max_sequence_length": self.max_sequence_length},

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from odebench.errors import OdebenchError
-from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, TEXT, UNET, Guidance, check_network_dtype, network_dtype_name
+from odebench.teachers.base import DECODES, DISCRETE, SCHEDULER, TEXT, UNET, Guidance
 from odebench.teachers.discrete import DiscreteVPTeacher, alphas_cumprod_from_schedule, schedule_from_scheduler_config
 from odebench.teachers.family import TeacherFamily
+from odebench.teachers.network_view import CastableNetwork, LazyCastModule
 from odebench.teachers.text_condition import EncodedPrompts
 
 MODEL_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -116,7 +117,7 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
-class TextToImageTeacher(DiscreteVPTeacher):
+class TextToImageTeacher(CastableNetwork, DiscreteVPTeacher):
     """D(x, sigma, prompt index) of a diffusers text-to-image UNet through the discrete-schedule adapter."""
 
     capabilities = frozenset({DISCRETE, DECODES, TEXT, UNET, SCHEDULER})
@@ -188,39 +189,12 @@ class TextToImageTeacher(DiscreteVPTeacher):
 
     # a precision view (with_network_dtype) casts its UNet copy on first use, so a view whose work is
     # all cached (a warm run's floor) never holds a second UNet
-    _unet_pending: tuple | None = None  # (source UNet, target dtype)
-
-    @property
-    def unet(self):
-        if self._unet_pending is not None:
-            source, dtype = self._unet_pending
-            # Module.to: diffusers' own .to() warns about casting; the cast is what is wanted here
-            self._unet, self._unet_pending = torch.nn.Module.to(copy.deepcopy(source), dtype), None
-        return self._unet
-
-    @unet.setter
-    def unet(self, module) -> None:
-        self._unet, self._unet_pending = module, None
+    unet = LazyCastModule()
+    network_attr = "unet"
 
     @property
     def unet_dtype(self) -> torch.dtype:
-        if self._unet_pending is not None:
-            return self._unet_pending[1]
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def network_dtype(self) -> str:
-        return network_dtype_name(self.unet_dtype)
-
-    def with_network_dtype(self, dtype: str) -> "TextToImageTeacher":
-        """A view whose UNet runs in `dtype`: a cast copy of the loaded UNet (the reference floor's
-        precision part upcasts a fp16/bf16 UNet this way: the same weights in float32 arithmetic)."""
-        torch_dtype = check_network_dtype(dtype)
-        if torch_dtype == self.unet_dtype:
-            return self
-        other = copy.copy(self)
-        other._unet_pending = (self.unet, torch_dtype)
-        return other
+        return type(self).unet.dtype(self)
 
     def fingerprint(self) -> str:
         blob = json.dumps({**self.identity, "abar": hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest(),
