@@ -65,12 +65,15 @@ def print_grid(console, title: str, labels: Sequence[str], columns: Sequence[tup
 
 def print_run_table(console, outcomes) -> None:
     """`odebench run`'s summary: metrics as rows, students as columns."""
+    from rich.markup import escape
+
     if not outcomes:
         return
     first = outcomes[0].result
     metrics = [m for m in SHORT if any(m in o.result["metrics"] for o in outcomes)]
     metrics += sorted({m for o in outcomes for m in o.result["metrics"] if m not in SHORT})
-    labels = ["NFE / sample"] + [f"{SHORT.get(m, m)} {'↑' if _higher(outcomes, m) else '↓'}" for m in metrics]
+    # escaped: names such as ode_mse@ref[k=2] would otherwise read as rich markup and lose the [k=2]
+    labels = ["NFE / sample"] + [f"{escape(SHORT.get(m, m))} {'↑' if _higher(outcomes, m) else '↓'}" for m in metrics]
     columns = []
     for o in outcomes:
         res = o.result
@@ -78,7 +81,7 @@ def print_run_table(console, outcomes) -> None:
         for m in metrics:
             v = res["metrics"].get(m)
             cells.append(fmt(v["value"], v["stderr"]) if v else "-")
-        columns.append((o.name, cells))
+        columns.append((escape(o.name), cells))
     g = first["teacher"]["guidance"]
     g_text = f"imagen w={g['imagen_w']:g}" if "imagen_w" in g else f"{g['form']} w={g['w']:g}"  # embedded: an input, not CFG
     print_grid(console, f"odebench · teacher {first['teacher']['teacher']} · {first['samples']} samples · "

@@ -117,10 +117,12 @@ def test_run_table_is_whole_at_any_width(main_run, width):
     from rich.console import Console
 
     from odebench.bench import RunOutcome
-    from odebench.table import fmt, print_run_table
+    from odebench.table import SHORT, fmt, print_run_table
 
     proc, root = main_run
     outcomes = [RunOutcome(f"{d.name}-{copy}", d, read(d)) for copy in ("a", "b") for d in sorted((root / "runs").iterdir())]
+    # a multistep student's per-step metric: its name must not be read as rich markup (it lost its [k=2])
+    outcomes[0].result["metrics"]["ode_mse@ref[k=2]"] = {"value": 0.125, "stderr": 0.001}
     buf = io.StringIO()
     print_run_table(Console(file=buf, width=width, color_system=None), outcomes)
     out = buf.getvalue()
@@ -130,6 +132,8 @@ def test_run_table_is_whole_at_any_width(main_run, width):
         assert o.name in out
         for m in o.result["metrics"].values():
             assert fmt(m["value"], m["stderr"]) in out
+        for name in o.result["metrics"]:  # every label whole: ode_mse@ref[k=2] is not read as rich markup
+            assert SHORT.get(name, name) in out
 
 
 def test_run_writes_one_directory_per_student(main_run):

@@ -106,7 +106,8 @@ def print_report(console, report: Report) -> None:
 
     info = _info_rows(report)
     labels = [f"[dim]{label}" for label, _ in info]
-    labels += [f"{row.metric} {'↑' if row.higher_is_better else '↓'}" for row in report.rows]
+    # escaped: metric names such as ode_mse@ref[k=2] would otherwise read as rich markup and lose the [k=2]
+    labels += [f"{escape(row.metric)} {'↑' if row.higher_is_better else '↓'}" for row in report.rows]
     columns = []
     for i, r in enumerate(report.runs):
         cells = [f"[dim]{escape(vals[i])}" for _, vals in info]
@@ -117,18 +118,18 @@ def print_report(console, report: Report) -> None:
         console.print(f"[dim]scale of {metric}: {escape(scale)}")
     console.print(_context(report).replace("`", ""))
     for w in report.warnings:
-        console.print(f"[yellow]warning: {w}")
+        console.print(f"[yellow]warning: {escape(w)}")
     for n in report.notes():
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}")
     if report.agreements:
         ags = report.agreements
-        print_grid(console, f"does lower {report.ode_metric} go with better samples?", [ag.metric for ag in ags],
+        print_grid(console, f"does lower {escape(report.ode_metric)} go with better samples?", [escape(ag.metric) for ag in ags],
                    [("runs", [str(len(ag.runs)) for ag in ags]),
                     ("Spearman [95%]", [f"{_num(ag.spearman)} {_interval(ag.spearman_ci)}" for ag in ags]),
                     ("Kendall [95%]", [f"{_num(ag.kendall)} {_interval(ag.kendall_ci)}" for ag in ags]),
                     ("verdict", [ag.verdict for ag in ags])], caption=AGREEMENT_NOTE, label_header="quality metric")
         for line in report.verdict_lines():
-            console.print(f"verdict: {line}")
+            console.print(f"verdict: {escape(line)}")
     else:
         console.print("no agreement analysis: it needs two or more non-oracle runs sharing a quality metric")
 

@@ -392,21 +392,23 @@ def write_json(rep: StudyReport, out: Path) -> list[Path]:
 
 
 def print_study(console, rep: StudyReport) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(_context(rep).replace("`", ""))
+    # escaped throughout: metric names such as ode_mse@ref[k=2] would otherwise read as rich markup
+    console.print(escape(_context(rep).replace("`", "")))
     for line in rep.headline():
-        console.print(f"verdict: {line}")
+        console.print(f"verdict: {escape(line)}")
     for line in rep.spectral_lines():
-        console.print(f"spectral: {line}")
+        console.print(f"spectral: {escape(line)}")
     for title, (header, rows), note in (("CM - Direct CM", difference_table(rep), DIFF_NOTE),
                                         ("cells over seeds", cell_table(rep), CELL_NOTE),
                                         (f"does lower {rep.ode_metric} go with better samples?", agreement_table(rep), AGREE_NOTE)):
         if not rows:
             continue
-        t = Table(title=title, caption=note)
+        t = Table(title=escape(title), caption=note)
         for i, h in enumerate(header):
-            t.add_column(h, justify="left" if i == 0 else "right")
+            t.add_column(escape(h), justify="left" if i == 0 else "right")
         for r in rows:
-            t.add_row(*[c.replace("**", "") for c in r])
+            t.add_row(*[escape(c.replace("**", "")) for c in r])
         console.print(t)
