@@ -240,6 +240,13 @@ FIGURES = {  # stem -> caption
 }
 
 
+FIGURE_TITLES = {  # stem -> section heading (a caption's first clause can be cut mid-parenthesis)
+    "metrics_vs_steps": "Metrics against training steps", "curves": "ODE error vs sigma per cell",
+    "spectrum": "Where the ODE error lives (frequency bands)", "ode_vs_quality": "ODE error against quality, per run",
+    "per_sample": "Per-sample ODE error against per-sample quality",
+}
+
+
 def figures(rep: StudyReport) -> dict[str, bytes]:
     from odebench.report import study_plots as sp
 
@@ -286,7 +293,7 @@ def markdown(rep: StudyReport, fig_files: dict[str, str], grid_files: list[tuple
         out += ["No agreement analysis: it needs three or more runs sharing a quality metric.", ""]
     for stem, caption in FIGURES.items():
         if stem in fig_files:
-            out += [f"## {caption.split(':')[0]}", "", caption + ".", "", f"![{stem}]({fig_files[stem]})", ""]
+            out += [f"## {FIGURE_TITLES[stem]}", "", caption + ".", "", f"![{stem}]({fig_files[stem]})", ""]
     if grid_files:
         out += ["## Samples from the same noise (largest budget)", "", "| " + " | ".join(n for n, _ in grid_files) + " |",
                 "|" + "---|" * len(grid_files), "| " + " | ".join(f"![{n}]({f})" for n, f in grid_files) + " |", ""]
@@ -361,7 +368,7 @@ def html_page(rep: StudyReport) -> str:
     if rep.agreements:
         parts += [_html_table(*agreement_table(rep), "agreement"), f"<p class=note>{e(AGREE_NOTE)}</p>"]
     for stem, png in figures(rep).items():
-        parts.append(f"<h2>{e(FIGURES[stem].split(':')[0])}</h2><p class=note>{e(FIGURES[stem])}.</p>"
+        parts.append(f"<h2>{e(FIGURE_TITLES[stem])}</h2><p class=note>{e(FIGURES[stem])}.</p>"
                      f"<img class=plot id=fig-{stem} alt=\"{e(stem)}\" src=\"{_data_uri(png)}\">")
     grids = sample_grids(rep)
     if grids:
