@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from odebench.errors import OdebenchError
+from odebench.registry import Registry
 
 if TYPE_CHECKING:
     from odebench.ode.spec import SolverSpec
@@ -78,52 +79,25 @@ class StudentKind:
         raise OdebenchError(f"odebench does not write students of kind {self.name!r}")
 
 
-_KINDS: dict[str, StudentKind] = {}
-_loaded = False
+_REGISTRY: "Registry[StudentKind]" = Registry("student kind", BUILTIN, ENTRY_POINTS)
 
 
 def register(kind: StudentKind) -> StudentKind:
-    if not kind.name:
-        raise ValueError("a student kind needs a name")
-    _KINDS[kind.name] = kind
-    return kind
+    """Add a kind (a later registration of the same name replaces the earlier one)."""
+    return _REGISTRY.register(kind)
 
 
 def unregister(name: str) -> None:
-    _KINDS.pop(name, None)
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-
-    for module in BUILTIN:
-        importlib.import_module(module)
-    try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINTS):
-            k = ep.load()
-            register(k() if isinstance(k, type) else k)
-    except Exception as e:  # a broken plugin must not take the built-in kinds down
-        raise OdebenchError(f"cannot load a student kind plugin ({ENTRY_POINTS}): {e}") from None
+    _REGISTRY.unregister(name)
 
 
 def kinds() -> list[StudentKind]:
     """Every registered kind in matching order."""
-    _load_builtin()
-    return sorted(_KINDS.values(), key=lambda k: k.priority)
+    return sorted(_REGISTRY.items(), key=lambda k: k.priority)
 
 
 def get_kind(name: str) -> StudentKind:
-    _load_builtin()
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise OdebenchError(f"unknown student kind {name!r}: known {', '.join(_KINDS)}") from None
+    return _REGISTRY.get(name)
 
 
 def kind_for_spec(spec: str) -> StudentKind:

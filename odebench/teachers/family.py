@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from odebench.errors import OdebenchError
+from odebench.registry import Registry
 
 if TYPE_CHECKING:
     from odebench.teachers.base import Teacher
@@ -67,53 +68,25 @@ class TeacherFamily:
                 "paper_grid": None if self.paper_grid is None else vars(self.paper_grid)}
 
 
-_FAMILIES: dict[str, TeacherFamily] = {}
-_loaded = False
+_REGISTRY: "Registry[TeacherFamily]" = Registry("teacher family", BUILTIN, ENTRY_POINTS)
 
 
 def register(family: TeacherFamily) -> TeacherFamily:
     """Add a family (a later registration of the same name replaces the earlier one)."""
-    if not family.name:
-        raise ValueError("a teacher family needs a name")
-    _FAMILIES[family.name] = family
-    return family
+    return _REGISTRY.register(family)
 
 
 def unregister(name: str) -> None:
-    _FAMILIES.pop(name, None)
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-
-    for module in BUILTIN:
-        importlib.import_module(module)
-    try:
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINTS):
-            fam = ep.load()
-            register(fam() if isinstance(fam, type) else fam)
-    except Exception as e:  # a broken plugin must not take the built-in families down
-        raise OdebenchError(f"cannot load a teacher family plugin ({ENTRY_POINTS}): {e}") from None
+    _REGISTRY.unregister(name)
 
 
 def families() -> list[TeacherFamily]:
     """Every registered family, in registration order (the order specs are matched in)."""
-    _load_builtin()
-    return list(_FAMILIES.values())
+    return _REGISTRY.items()
 
 
 def get_family(name: str) -> TeacherFamily:
-    _load_builtin()
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise OdebenchError(f"unknown teacher family {name!r}: known {', '.join(_FAMILIES)}") from None
+    return _REGISTRY.get(name)
 
 
 def family_of(teacher: "Teacher") -> TeacherFamily:
