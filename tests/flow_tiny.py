@@ -191,3 +191,80 @@ def write_flow_lora(transformer, folder: Path, pipeline: str, seed: int = 3, ran
     transformer.fuse_lora()
     transformer.unload_lora()
     return folder / "pytorch_lora_weights.safetensors", {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+
+
+SANA_CAPTION = 8  # Gemma-2's width = the transformer's caption_channels
+SANA_LATENT_CHANNELS = 4
+
+
+def write_gemma_tokenizer(folder: Path) -> Path:
+    """A Unigram Gemma tokenizer (tokenizer.json) over letters, digits, punctuation and a few words, with Gemma's
+    special tokens (<pad> 0, <eos> 1, <bos> 2, <unk> 3) and <bos> prepended as GemmaTokenizerFast does."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import GemmaTokenizerFast
+
+    vocab = [("<pad>", 0.0), ("<eos>", 0.0), ("<bos>", 0.0), ("<unk>", 0.0)]
+    vocab += [(c, -1.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    vocab += [("▁" + w, -0.5) for w in ("a", "the", "red", "fox", "in", "snow", "bowl", "of", "at", "prompt")] + [("▁", -2.0)]
+    tk = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)])
+    tok = GemmaTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                             pad_token="<pad>", model_max_length=8192)
+    assert len(tok) > 2 and tok("a").input_ids[0] == 2
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def tiny_sana_transformer(seed: int = 0, learned_sigma: bool = False):
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    return SanaTransformer2DModel(patch_size=1, in_channels=SANA_LATENT_CHANNELS,
+                                  out_channels=2 * SANA_LATENT_CHANNELS if learned_sigma else SANA_LATENT_CHANNELS,
+                                  num_layers=1, num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
+                                  cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=SANA_CAPTION,
+                                  sample_size=LATENT).eval()
+
+
+def tiny_dc_ae(seed: int = 0):
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(seed)
+    return AutoencoderDC(in_channels=3, latent_channels=SANA_LATENT_CHANNELS, attention_head_dim=2,
+                         encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
+                         encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                         encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+                         encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+                         upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+                         scaling_factor=0.41407).eval()
+
+
+def build_tiny_sana(root: Path, seed: int = 0, learned_sigma: bool = False) -> Path:
+    """SanaPipeline's layout: Gemma2Model + GemmaTokenizerFast, SanaTransformer2DModel, AutoencoderDC (factor 2 here,
+    32 in SANA), DPMSolverMultistepScheduler with flow sigmas and flow_shift 3 (SANA's 1024 px config)."""
+    from transformers import Gemma2Config, Gemma2Model, GemmaTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    write_gemma_tokenizer(root / "tokenizer")
+    tok = GemmaTokenizerFast.from_pretrained(str(root / "tokenizer"))
+    torch.manual_seed(seed + 1)
+    Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=SANA_CAPTION, intermediate_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, head_dim=4, max_position_embeddings=4096,
+                             pad_token_id=0, bos_token_id=2, eos_token_id=1)).eval().save_pretrained(str(root / "text_encoder"))
+    tiny_sana_transformer(seed, learned_sigma).save_pretrained(str(root / "transformer"))
+    tiny_dc_ae(seed).save_pretrained(str(root / "vae"))
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps": 1000, "flow_shift": 3.0,
+         "use_flow_sigmas": True, "prediction_type": "flow_prediction", "solver_order": 2,
+         "algorithm_type": "dpmsolver++", "final_sigmas_type": "zero", "beta_schedule": "linear",
+         "beta_start": 0.0001, "beta_end": 0.02}))
+    (root / "model_index.json").write_text(json.dumps(
+        {"_class_name": "SanaPipeline", "transformer": ["diffusers", "SanaTransformer2DModel"],
+         "vae": ["diffusers", "AutoencoderDC"], "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+         "text_encoder": ["transformers", "Gemma2Model"], "tokenizer": ["transformers", "GemmaTokenizerFast"]}))
+    return root

@@ -1,4 +1,4 @@
-"""SD3 / SD3.5 and FLUX.1 as odebench teachers: diffusers flow transformers behind the flow velocity view.
+"""SD3 / SD3.5, FLUX.1 and SANA as odebench teachers: diffusers flow transformers behind the flow velocity view.
 
 What they share with the UNet text-to-image families (the prompt list, embeddings cached per unique prompt,
 the uncond branch, per-batch condition inputs, VAE decoding, folder resolution) is odebench.teachers.
@@ -19,6 +19,12 @@ text_to_image's, used here as it is; what is theirs:
     g and none of them a two-branch CFG. FLUX.1-schnell has no guidance input: dx_t/dt = v_theta(x_t, t, c).
     Grids: sigmas = linspace(1, 1/K, K) with the resolution-dependent dynamic shift mu (calculate_shift of
     the token count), as FluxPipeline sets them.
+  - SANA (SanaPipeline.encode_prompt): one Gemma-2 encoder; every prompt is lower-cased and prefixed with the
+    pipeline's complex human instruction, encoded to (instruction tokens + 300 - 2), then the first token and
+    the last 299 kept (with their attention mask, which the transformer applies in cross-attention); the empty
+    negative prompt is encoded without the instruction. SanaTransformer2DModel at timestep 1000 t x
+    timestep_scale, CFG (w = 4.5 by default) on velocities; a 32x AutoencoderDC; the DPM-Solver flow scheduler's
+    flow_shift is the rows' shift.
 Latents are the VAE's scaled ones, (z - shift_factor) * scaling_factor; decoding inverts that.
 Weights from a local folder or a hub id found in $ODEBENCH_WEIGHTS or the local HF cache; nothing downloads.
 """
@@ -83,7 +89,7 @@ class FlowTextToImageTeacher(CastableNetwork, FlowTeacher):
         self.pipeline_scheduler_config = dict(scheduler_config)
         self.name, self._spec, self.identity = name, spec, identity
         self.max_sequence_length = int(max_sequence_length)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
         self.height, self.width = int(height), int(width)
         self.shape = self.latent_shape()
         mode = UNCOND_MODES.get(uncond or self.default_uncond)
@@ -351,6 +357,99 @@ class FluxTeacher(FlowTextToImageTeacher):
         return {**super().describe(), "guidance_embeds": self.guidance_embeds, "pf_ode": pf}
 
 
+SANA_CHI = (  # SanaPipeline.__call__'s default complex_human_instruction (prefixed to every prompt, not to the negative)
+    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
+    "User Prompt: ",
+)
+
+
+class SanaTeacher(FlowTextToImageTeacher):
+    """SanaPipeline's linear-attention transformer (SANA): one Gemma-2 encoder whose prompts carry the complex
+    human instruction, a 32x deep-compression autoencoder (AutoencoderDC), a DPM-Solver flow scheduler with
+    flow_shift. The `pooled` slot of the shared prompt plumbing holds the prompt's attention mask (SANA has no
+    pooled embedding; its transformer masks padding in cross-attention)."""
+
+    family = "sana"
+    title = "SANA"
+    pipeline = "SanaPipeline"
+    default_w = 4.5  # SanaPipeline's guidance_scale: CFG on velocities, v_u + w (v_c - v_u)
+    complex_human_instruction: tuple[str, ...] = SANA_CHI
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.pipeline_scheduler_config
+        # SANA's scheduler names its shift flow_shift; FlowMatch* rows and the distillation grid read `shift`
+        cfg.setdefault("shift", float(cfg.get("flow_shift", 1.0)))
+        self._uncond_cache: dict[str, tuple] = {}
+
+    @torch.no_grad()
+    def _gemma(self, prompts: list[str], instruction: bool):
+        """SanaPipeline._get_gemma_prompt_embeds (clean_caption off: lower-cased and stripped), then encode_prompt's
+        selection of the first token and the last max_sequence_length - 1 (the instruction drops out)."""
+        tok, te = self.tokenizers[0], self.text_encoders[0]
+        tok.padding_side = "right"
+        prompts = [p.lower().strip() for p in prompts]
+        length = self.max_sequence_length
+        if instruction:
+            chi = "\n".join(self.complex_human_instruction)
+            prompts = [chi + p for p in prompts]
+            length = len(tok.encode(chi)) + self.max_sequence_length - 2
+        inputs = tok(prompts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                     return_tensors="pt")
+        mask = inputs.attention_mask.to(te.device)
+        embeds = te(inputs.input_ids.to(te.device), attention_mask=mask)[0].float()
+        if instruction:
+            select = [0] + list(range(-self.max_sequence_length + 1, 0))
+            embeds, mask = embeds[:, select], mask[:, select]
+        return embeds, mask
+
+    def _encode(self, prompts):
+        return self._gemma(list(prompts), instruction=True)
+
+    def uncond_embeddings(self, batch: int):
+        """The empty negative prompt as SanaPipeline encodes it: without the instruction (cached once)."""
+        if self.guidance.uncond != "empty-prompt":
+            return self.uncond_zeros(batch)
+        if "" not in self._uncond_cache:
+            self._uncond_cache[""] = self._gemma([""], instruction=False)
+        e, m = self._uncond_cache[""]
+        return e.expand(batch, *e.shape[1:]), m.expand(batch, *m.shape[1:])
+
+    def uncond_zeros(self, batch):
+        width = int(self.transformer_config.caption_channels)
+        return (torch.zeros(batch, self.max_sequence_length, width, device=self.device),
+                torch.ones(batch, self.max_sequence_length, dtype=torch.long, device=self.device))
+
+    def _transformer_pass(self, transformer, x_t, t, ehs, mask):
+        cfg = transformer.config
+        dtype = next(transformer.parameters()).dtype
+        # SanaPipeline: timestep = 1000 t x the transformer's timestep_scale
+        timestep = (t.double() * float(self.num_train_timesteps) * float(cfg.get("timestep_scale", 1.0))).float()
+        out = transformer(x_t.to(self.device, dtype), encoder_hidden_states=ehs.to(self.device, dtype),
+                          encoder_attention_mask=mask.to(self.device), timestep=timestep.to(self.device), return_dict=False)[0]
+        if int(cfg.out_channels) // 2 == int(cfg.in_channels):  # a learned-sigma head: the first half is v
+            out = out.chunk(2, dim=1)[0]
+        return out
+
+    def describe(self):
+        return {**super().describe(), "complex_human_instruction": len(self.complex_human_instruction) > 0,
+                "vae": type(self.vae).__name__ if self.vae is not None else None}
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent: 2^(levels - 1) of AutoencoderKL's block_out_channels or AutoencoderDC's encoder blocks."""
+    if vae is None:
+        return 8
+    levels = getattr(vae.config, "encoder_block_out_channels", None) or vae.config.block_out_channels
+    return 2 ** (len(levels) - 1)
+
+
 def _accepts(scheduler, name: str) -> bool:
     return name in inspect.signature(scheduler.set_timesteps).parameters
 
@@ -426,8 +525,10 @@ def load_flow_teacher(cls: type[FlowTextToImageTeacher], spec: str, encoders: tu
             text_encoders.append(getattr(transformers, te_cls).from_pretrained(str(root), subfolder=sub, dtype=te_dtype,
                                                                               variant=_variant(root / sub), **common).to(dev))
             tokenizers.append(getattr(transformers, tok_cls).from_pretrained(str(root), subfolder=tok_dir, **common))
-        vae = diffusers.AutoencoderKL.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32,
-                                                      variant=_variant(root / "vae"), **common).to(dev) if load_vae else None
+        # AutoencoderKL (SD3, FLUX.1) or AutoencoderDC (SANA's deep-compression autoencoder), as the folder says
+        vae_cls = getattr(diffusers, read_json_object(root / "vae" / "config.json", "VAE config").get("_class_name", "AutoencoderKL"))
+        vae = vae_cls.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32,
+                                      variant=_variant(root / "vae"), **common).to(dev) if load_vae else None
     except OdebenchError:
         raise
     except Exception as e:  # corrupt or mismatched files: one line, the component named by the library
@@ -438,7 +539,7 @@ def load_flow_teacher(cls: type[FlowTextToImageTeacher], spec: str, encoders: tu
         if te is not None:
             identity[sub] = _component_identity(root / sub)
             identity[sub.replace("text_encoder", "tokenizer")] = _tokenizer_identity(root / sub.replace("text_encoder", "tokenizer"))
-    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+    factor = vae_scale_factor(vae)
     default_px = int(transformer.config.get("sample_size", 128)) * factor  # FLUX's config has none: 1024 px
     return cls(transformer.to(dev), text_encoders, tokenizers, vae, sched, name=name or Path(str(spec).rstrip("/")).name,
                spec=str(spec), identity=identity, height=height or default_px, width=width or default_px, device=dev,
@@ -499,5 +600,19 @@ class FluxFamily(FlowPipelineFamily):
     max_sequence_length = 512
 
 
+class SanaFamily(FlowPipelineFamily):
+    name = "sana"
+    title = "SANA"
+    help = "SANA (rectified flow, Gemma-2 text encoder, DC-AE): a diffusers SanaPipeline folder or cached hub id"
+    preset_ids = {"sana-1600m": "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+                  "sana-600m": "Efficient-Large-Model/Sana_600M_1024px_diffusers"}
+    presets = {"sana-1600m": "SANA 1600M at 1024 px from the local HF cache",
+               "sana-600m": "SANA 600M at 1024 px from the local HF cache"}
+    teacher_class = SanaTeacher
+    encoders = (("text_encoder", "Gemma2Model", "GemmaTokenizerFast", False),)
+    max_sequence_length = 300  # SanaPipeline's default
+
+
 SD3 = register(SD3Family())
 FLUX = register(FluxFamily())
+SANA = register(SanaFamily())
