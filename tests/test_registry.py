@@ -150,7 +150,7 @@ def test_unknown_specs_name_every_registered_kind_and_family(toy_registries):
         kind_for_spec("nope")
     with pytest.raises(OdebenchError, match=r"unknown teacher 'nope'.*toy Gaussian"):
         load_teacher("nope")
-    with pytest.raises(OdebenchError, match="--height apply to SDXL / SD / SD3 / FLUX.1 teachers only, not 'toy-gauss:0:1'"):
+    with pytest.raises(OdebenchError, match="--height apply to SDXL / SD / SD3 / FLUX.1 / SANA teachers only, not 'toy-gauss:0:1'"):
         load_teacher("toy-gauss:0:1", height=64)
     # --dtype is every network teacher's precision: an analytic family's teacher says it has none
     with pytest.raises(OdebenchError, match="teacher 'toy-gauss:0:1' is analytic .*--state-dtype"):
