@@ -137,7 +137,8 @@ def spectrum(rep) -> bytes | None:
             ax.bar(range(len(labels)), parts[:, j], bottom=bottom, label=f"{b} band")
             bottom += parts[:, j]
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_yscale("log")
+        # linear: stacked segments on a log axis hide the lowest band wherever it falls below the autoscaled floor
+        ax.set_ylim(0, float(bottom.max()) * 1.05)
         ax.set_ylabel("ODE error (MSE), stacked by band", fontsize=8)
         ax.legend(fontsize=7)
         ax.set_title("ODE error by spatial-frequency band", fontsize=9)
