@@ -25,6 +25,19 @@ def gaussian_teacher():
 
 
 @pytest.fixture
+def no_network(monkeypatch):
+    """Model-loading tests: any socket connection is a failure (nothing may reach a hub), one torch thread."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
 def one_torch_thread():
     """Tiny tensors: a single intra-op thread is faster and immune to a busy machine."""
     before = torch.get_num_threads()

@@ -2,7 +2,6 @@
 kohya key layouts, full UNets, any scheduler; samples equal the diffusers pipeline's on the same noise; a card
 run needs no other flag; distribution / hybrid students carry their kind into results and reports."""
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -16,14 +15,7 @@ from sdxl_tiny import CAPTIONS, build_tiny_sdxl, write_lcm_lora, write_lcm_sdxl_
 from odebench.errors import OdebenchError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="module")

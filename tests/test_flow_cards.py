@@ -4,7 +4,6 @@ what StableDiffusion3Pipeline / FluxPipeline do with that LoRA or transformer on
 needs no other flag; one-line errors for cards that cannot run on the teacher."""
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -20,14 +19,7 @@ from odebench.errors import OdebenchError  # noqa: E402
 PX = 16
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="module")

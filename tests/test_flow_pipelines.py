@@ -2,7 +2,6 @@
 diffusers' StableDiffusion3Pipeline and FluxPipeline: prompt encoding, scheduler rows = the pipeline's latents
 on the same noise, the reference as the limit of Euler at first order, an end-to-end run."""
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -19,14 +18,7 @@ from odebench.teachers.base import Guidance  # noqa: E402
 PX = 16
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ DPM-Solver flow scheduler) loaded through the real path, checked against diffuse
 with the complex human instruction, scheduler rows = the pipeline's latents on the same noise (with and without a
 learned-sigma head), the reference as the limit of Euler at first order, decoding, an end-to-end run."""
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -20,14 +19,7 @@ PX = 32  # SanaPipeline asks for multiples of 32
 LENGTH = 16  # max_sequence_length the tests use (SanaPipeline's default: 300)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Scheduler rows (`ClassName:K`): odebench's samples equal the diffusers pipeline's on the same noise, on a
 tiny SDXL and a tiny SD 2.x (v-prediction) pipeline; stochastic steps draw each sample's own streams."""
 import math
-import socket
 import sys
 from pathlib import Path
 
@@ -15,14 +14,7 @@ from sdxl_tiny import CAPTIONS, LATENT, build_tiny_sdxl  # noqa: E402
 from odebench.errors import OdebenchError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="module")

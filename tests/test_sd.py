@@ -2,7 +2,6 @@
 against diffusers' StableDiffusionPipeline and closed forms (a zero-output network)."""
 import json
 import math
-import socket
 import sys
 from pathlib import Path
 
@@ -17,14 +16,7 @@ from odebench.errors import OdebenchError  # noqa: E402
 from odebench.teachers.base import Guidance  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ against diffusers' own StableDiffusionXLPipeline, LCMScheduler and an independen
 of the paper's DDIM loop."""
 import json
 import math
-import socket
 import sys
 from pathlib import Path
 
@@ -18,14 +17,7 @@ from odebench.errors import OdebenchError  # noqa: E402
 from odebench.teachers.base import Guidance  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a socket connect fails the test
 
 
 @pytest.fixture(scope="session")
