@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_tiny import T5_LENGTH, build_tiny_flux, build_tiny_sd3  # noqa: E402
+from flow_tiny import euler_convergence_ratios, T5_LENGTH, build_tiny_flux, build_tiny_sd3  # noqa: E402
 from sdxl_tiny import CAPTIONS  # noqa: E402
 
 from odebench.errors import OdebenchError  # noqa: E402
@@ -173,16 +173,8 @@ def test_bf16_run_on_tiny_sd3_reports_the_precision_floor(flow_dirs, tmp_path):
 def test_sd3_reference_is_the_limit_of_euler_at_first_order(flow_dirs):
     """Shift-free FlowMatchEuler (last level t = 1/1000 = t_min) approaches the reference with the error halving as
     K doubles; the reference starts at t = 1 from the noise itself."""
-    from odebench.ode.reference import solve_reference
-    from odebench.ode.spec import SolverSpec
-
     teacher = _teacher(flow_dirs["sd3"]).with_guidance(Guidance(2.0))
-    z, noise = _noise(1, teacher.shape, 1)
-    cond = torch.tensor([2])
-    ref = solve_reference(teacher, teacher.initial_state(z), cond, SolverSpec(rtol=1e-6, atol=1e-6, dtype="float32")).x0
-    errs = [float((_row(f"flow-euler:{k}?shift=1.0", teacher).sample(z, cond, noise) - ref).pow(2).mean().sqrt())
-            for k in (16, 32, 64)]
-    ratios = [errs[0] / errs[1], errs[1] / errs[2]]
+    errs, ratios = euler_convergence_ratios(teacher)
     assert all(1.6 < r < 2.6 for r in ratios), (errs, ratios)
 
 

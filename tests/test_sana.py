@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_tiny import build_tiny_sana  # noqa: E402
+from flow_tiny import euler_convergence_ratios, build_tiny_sana  # noqa: E402
 from sdxl_tiny import CAPTIONS  # noqa: E402
 
 from odebench.teachers.base import Guidance  # noqa: E402
@@ -123,16 +123,8 @@ def test_sana_flow_euler_row_equals_the_pipeline_with_that_scheduler(sana_dirs, 
 
 
 def test_sana_reference_is_the_limit_of_euler_at_first_order(sana_dirs):
-    from odebench.ode.reference import solve_reference
-    from odebench.ode.spec import SolverSpec
-
     teacher = _teacher(sana_dirs["sana"]).with_guidance(Guidance(2.0))
-    z, noise = _noise(1, teacher.shape, 1)
-    cond = torch.tensor([2])
-    ref = solve_reference(teacher, teacher.initial_state(z), cond, SolverSpec(rtol=1e-6, atol=1e-6, dtype="float32")).x0
-    errs = [float((_row(f"flow-euler:{k}?shift=1.0", teacher).sample(z, cond, noise) - ref).pow(2).mean().sqrt())
-            for k in (16, 32, 64)]
-    ratios = [errs[0] / errs[1], errs[1] / errs[2]]
+    errs, ratios = euler_convergence_ratios(teacher)
     assert all(1.6 < r < 2.6 for r in ratios), (errs, ratios)
 
 

@@ -307,19 +307,22 @@ def html_page(report: Report) -> str:
     return "\n".join(parts)
 
 
-def write_html(report: Report, out: Path) -> list[Path]:
+def write_text(out: Path, text: str) -> list[Path]:
+    """One report file, written atomically (the run report's and the study report's html and json)."""
     from odebench.fileio import atomic_write_bytes
 
-    atomic_write_bytes(Path(out), html_page(report).encode())
+    atomic_write_bytes(Path(out), text.encode())
     return [Path(out)]
 
 
-def json_text(report: Report) -> str:
+def write_html(report: Report, out: Path) -> list[Path]:
+    return write_text(out, html_page(report))
+
+
+def json_text(report) -> str:
+    """A report (run comparison or study: anything with to_dict) as strict JSON."""
     return json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
 
 
 def write_json(report: Report, out: Path) -> list[Path]:
-    from odebench.fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(out), json_text(report).encode())
-    return [Path(out)]
+    return write_text(out, json_text(report))

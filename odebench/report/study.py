@@ -7,7 +7,6 @@ Reads study.json and the run directories it names; nothing is recomputed."""
 from __future__ import annotations
 
 import html
-import json
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from odebench.errors import OdebenchError
+from odebench.report.render import json_text, write_text
 from odebench.report.runs import Run
 from odebench.study.stats import (LEVEL, Cell, Difference, RunAgreement, cells, differences, metric_names,
                                   run_agreements)
@@ -381,21 +381,11 @@ def html_page(rep: StudyReport) -> str:
 
 
 def write_html(rep: StudyReport, out: Path) -> list[Path]:
-    from odebench.fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(out), html_page(rep).encode())
-    return [Path(out)]
-
-
-def json_text(rep: StudyReport) -> str:
-    return json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n"
+    return write_text(out, html_page(rep))
 
 
 def write_json(rep: StudyReport, out: Path) -> list[Path]:
-    from odebench.fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(out), json_text(rep).encode())
-    return [Path(out)]
+    return write_text(out, json_text(rep))
 
 
 def print_study(console, rep: StudyReport) -> None:
