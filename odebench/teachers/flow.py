@@ -80,9 +80,15 @@ class FlowModel:
         self.counter.passes += 2 * batch
         return g.combine(*self._velocity_pair(x_t, t, cond))
 
+    @property
+    def shift(self) -> float:
+        """The samplers' time shift: FlowMatch configs call it `shift`, DPM-Solver flow configs (SANA) `flow_shift`."""
+        cfg = self.pipeline_scheduler_config
+        return float(cfg.get("shift", cfg.get("flow_shift", 1.0)))
+
     def scheduler_config(self) -> dict[str, Any]:
         cfg = dict(self.pipeline_scheduler_config)
-        flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": float(cfg.get("shift", 1.0))}
+        flow = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": self.shift, "shift": self.shift}
         if cfg.get("use_dynamic_shifting"):
             flow["time_shift_type"] = "exponential"
         return {**flow, **cfg}
@@ -105,7 +111,7 @@ class FlowModel:
     def grid_identity(self) -> dict[str, Any]:
         """How samplers of this teacher discretise t (recorded in results; not part of the ODE)."""
         cfg = self.pipeline_scheduler_config
-        return {"scheduler": cfg.get("_class_name"), "shift": float(cfg.get("shift", 1.0)),
+        return {"scheduler": cfg.get("_class_name"), "shift": self.shift,
                 "use_dynamic_shifting": bool(cfg.get("use_dynamic_shifting", False)),
                 "note": "the shift warps the samplers' grids, not the ODE; the reference is shift-free"}
 

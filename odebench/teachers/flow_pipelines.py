@@ -383,9 +383,6 @@ class SanaTeacher(FlowTextToImageTeacher):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.pipeline_scheduler_config
-        # SANA's scheduler names its shift flow_shift; FlowMatch* rows and the distillation grid read `shift`
-        cfg.setdefault("shift", float(cfg.get("flow_shift", 1.0)))
         self._uncond_cache: dict[str, tuple] = {}
 
     @torch.no_grad()
