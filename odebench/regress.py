@@ -82,6 +82,22 @@ DEFAULT_SUITES: list[dict[str, Any]] = [
 ]
 CONFIG_KEYS = {"teacher", "students", "samples", "seed", "guidance", "conditional", "solver", "batch_size",
                "curve_points", "curve_samples", "floor_samples", "ksteps"}
+# how much a run measures: pinned in the baseline when it is recorded, so a later change of a default
+# (floor_samples went 24 -> 16) does not silently change what a suite measures
+PINNED_KEYS = ("seed", "batch_size", "curve_points", "curve_samples", "floor_samples", "ksteps")
+
+
+def pinned_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A suite config with every PINNED_KEYS entry it leaves out set to today's RunConfig default."""
+    from odebench.bench import RunConfig
+
+    defaults = RunConfig()
+    out = dict(config)
+    for key in PINNED_KEYS:
+        if key not in out:
+            v = getattr(defaults, key)
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def tolerance_model() -> dict[str, Any]:
@@ -246,7 +262,7 @@ def build_baseline(suites: list[dict[str, Any]], cache_dir: Path | None = None, 
                     raise OdebenchError(f"suite {suite['name']}: {name}/{key} is missing under some variants")
                 metrics[key] = tolerance(key, executions, suite_dtype(first["identity"]))
             runs[name] = {"identity": first["identity"], "metrics": metrics}
-        built.append({"name": suite["name"], "config": suite["config"], "runs": runs})
+        built.append({"name": suite["name"], "config": pinned_config(suite["config"]), "runs": runs})
     return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "environment": environment(), "variants": [v.to_dict() for v in variants],
             "tolerance_model": tolerance_model(), "suites": built}

@@ -82,6 +82,34 @@ def test_paired_kid_is_unbiased_where_the_unpaired_estimate_is_not():
     assert kid(x, y, subsets=1, subset_size=n, paired=True)[0] == pytest.approx(h, rel=1e-9)
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_kid_gram_sums_match_per_subset_kernels(monkeypatch, paired):
+    """Small sets sum each subset's kernel entries as 1_I^T K 1_J on the whole sets' kernel matrices;
+    large sets build each subset's kernels: the two paths give the same values (same seeded subsets)."""
+    import odebench.metrics.fd as fd
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((150, 5)) + 0.2
+    y = rng.standard_normal((150 if paired else 130, 5))
+    for m in (60, 130):
+        gram = kid(x, y, subsets=12, subset_size=m, paired=paired)
+        monkeypatch.setattr(fd, "GRAM_LIMIT", 0)
+        direct = kid(x, y, subsets=12, subset_size=m, paired=paired)
+        monkeypatch.undo()
+        assert gram == pytest.approx(direct, rel=1e-10)
+
+
+def test_fd_with_a_singular_covariance_matches_sqrtm():
+    """Dead feature units (ReLU) make S1 singular: the symmetric-root fallback against scipy's sqrtm."""
+    rng = np.random.default_rng(8)
+    a = np.maximum(rng.standard_normal((400, 12)), 0.0)
+    a[:, :3] = 0.0
+    b = np.maximum(rng.standard_normal((400, 12)), 0.0)
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    assert fd_features(a, b) == pytest.approx(fd_sqrtm(mu1, s1, mu2, s2), rel=1e-7)
+
+
 @pytest.mark.parametrize("subset_size", [100, 1000])
 def test_kid_stderr_matches_the_spread_of_independent_draws(subset_size):
     """The reported stderr against the actual spread of KID over independent sample sets, also when

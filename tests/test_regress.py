@@ -100,6 +100,15 @@ def test_update_writes_values_classes_and_the_model(baseline):
     assert m["ode_mse@ref"]["allowed"] >= rg.STAT_FRAC * m["ode_mse@ref"]["stderr"]
     assert m["reference.floor"]["class"] == "chaotic" and m["nfe.reference_per_sample"]["class"] == "adaptive"
     assert runs["tiny-ref"]["metrics"]["ode_mse@ref"]["value"] == 0.0
+    # how much each run measured is pinned, defaults included: a later default change cannot move it
+    config = data["suites"][0]["config"]
+    assert config["floor_samples"] == 8 and config["seed"] == 0 and config["ksteps"] == [1, 2, 4]
+    assert set(rg.PINNED_KEYS) <= set(config)
+
+
+def test_committed_suites_pin_how_much_they_measure():
+    for suite in json.loads(COMMITTED.read_text())["suites"]:
+        assert set(rg.PINNED_KEYS) <= set(suite["config"]), suite["name"]
 
 
 def test_regress_passes_then_fails_on_a_perturbed_baseline(baseline, tmp_path):
