@@ -90,17 +90,23 @@ def main() -> None:
     cold = min(p[0] for p in pairs)
     warm = min(p[1] for p in pairs)
     print(f"baseline: bare UNet forward, 512 passes: {base * 1e3:.0f} ms (before {base_before * 1e3:.0f}, after {base_after * 1e3:.0f})")
-    print(f"cold default run: {cold:.1f} s = {cold / base:.0f} baseline units (goal <= {GOAL_COLD:.0f} s: "
-          f"{'met' if cold <= GOAL_COLD else 'not met'})")
-    print(f"warm default run: {warm:.1f} s = {warm / base:.0f} baseline units (goal <= {GOAL_WARM:.0f} s: "
-          f"{'met' if warm <= GOAL_WARM else 'not met'})")
-    parts = pairs[0][2]
-    if parts["floor_s"] is not None:
-        ratio = parts["floor_s"] / parts["reference_s"]
-        print(f"cold run: reference {parts['reference_s']:.1f} s, its floor's re-solves {parts['floor_s']:.1f} s = "
-              f"{100 * ratio:.0f}% (goal <= 25%: {'met' if ratio <= 0.25 else 'not met'})")
+    # every pair, not only the best: this machine's speed drifts by ~10% between runs
+    for i, (c, w, parts) in enumerate(pairs):
+        floor = "" if parts["floor_s"] is None else (
+            f"; reference {parts['reference_s']:.1f} s, its floor's re-solves {parts['floor_s']:.1f} s = "
+            f"{100 * parts['floor_s'] / parts['reference_s']:.0f}%")
+        print(f"pair {i + 1}: cold {c:.1f} s, warm {w:.1f} s{floor}")
+    # the verdicts go by the worst pair
+    worst_cold, worst_warm = max(p[0] for p in pairs), max(p[1] for p in pairs)
+    print(f"cold default run: best {cold:.1f} s = {cold / base:.0f} baseline units, worst {worst_cold:.1f} s "
+          f"(goal <= {GOAL_COLD:.0f} s: {'met' if worst_cold <= GOAL_COLD else 'not met'})")
+    print(f"warm default run: best {warm:.1f} s = {warm / base:.0f} baseline units, worst {worst_warm:.1f} s "
+          f"(goal <= {GOAL_WARM:.0f} s: {'met' if worst_warm <= GOAL_WARM else 'not met'})")
+    ratios = [p[2]["floor_s"] / p[2]["reference_s"] for p in pairs if p[2]["floor_s"] is not None]
+    if ratios:
+        print(f"floor / reference: worst {100 * max(ratios):.0f}% (goal <= 25%: {'met' if max(ratios) <= 0.25 else 'not met'})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"baseline_s": base, "cold_s": cold, "warm_s": warm, "pairs": pairs, "cold_parts": parts,
+        Path(args.json).write_text(json.dumps({"baseline_s": base, "cold_s": cold, "warm_s": warm, "pairs": pairs, "cold_parts": pairs[0][2],
                                                "cold_units": cold / base, "warm_units": warm / base}, indent=2))
 
 
