@@ -31,7 +31,7 @@ class RunConfig:
     batch_size: int = 256  # student sampling batch (the reference batch lives in SolverSpec)
     curve_points: int = 8
     curve_samples: int = 64
-    floor_samples: int = 12  # re-solved for the reference floor (odebench.ode.floor)
+    floor_samples: int = 8  # re-solved for the reference floor (odebench.ode.floor)
     ksteps: tuple[int, ...] = (1, 2, 4)
     out: Path = Path("runs")
     name: str | None = None

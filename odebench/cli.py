@@ -121,7 +121,7 @@ def run(
     batch_size: int = typer.Option(256, help="Student sampling batch size."),
     curve_points: int = typer.Option(8, help="Noise levels of the per-sigma error curve (0 to skip)."),
     curve_samples: int = typer.Option(64, help="Samples used for the error curve."),
-    floor_samples: int = typer.Option(12, help="Samples whose reference is re-solved for the floor: at 10x tighter tolerance (solver part) and, for a bf16/fp16 network, in float32 (precision part). 0 skips."),
+    floor_samples: int = typer.Option(8, help="Samples whose reference is re-solved for the floor: at 10x tighter tolerance (solver part) and, for a bf16/fp16 network, in float32 (precision part). 0 skips."),
     allow_mismatch: bool = typer.Option(False, help="Score a student against a teacher ODE it was not trained for."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the trajectory cache."),
     cache_dir: Optional[Path] = typer.Option(None, help="Trajectory cache directory (default $ODEBENCH_CACHE or ~/.cache/odebench)."),
