@@ -83,7 +83,7 @@ DEFAULT_SUITES: list[dict[str, Any]] = [
 CONFIG_KEYS = {"teacher", "students", "samples", "seed", "guidance", "conditional", "solver", "batch_size",
                "curve_points", "curve_samples", "floor_samples", "ksteps"}
 # how much a run measures: pinned in the baseline when it is recorded, so a later change of a default
-# (floor_samples went 24 -> 16) does not silently change what a suite measures
+# (floor_samples went 24 -> 8) does not silently change what a suite measures
 PINNED_KEYS = ("seed", "batch_size", "curve_points", "curve_samples", "floor_samples", "ksteps")
 
 

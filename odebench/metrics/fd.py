@@ -29,8 +29,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
         chol = scipy.linalg.cholesky(sigma1, lower=True, check_finite=False)
         m = dtrmm(1.0, chol, dtrmm(1.0, chol, sigma2, side=1, lower=1), side=0, lower=1, trans_a=1)
     except np.linalg.LinAlgError:  # singular S1: symmetric square root instead
-        # scipy's LAPACK, as everywhere here: numpy's is a second OpenBLAS, whose threads contend with
-        # scipy's (a 64-d FD took 10 ms instead of 2)
+        # scipy's LAPACK, like the Cholesky and the final eigh: numpy's eigh runs on a second OpenBLAS whose
+        # threads wait on scipy's (a 64-d FD took 10 ms instead of 2)
         w, v = scipy.linalg.eigh(sigma1, check_finite=False, driver="evr")
         root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
         m = root1 @ sigma2 @ root1
@@ -81,7 +81,8 @@ def _indicators(n: int, subsets: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _kid_subsets(a: np.ndarray, b: np.ndarray, m: int, subsets: int, rng, paired: bool = False) -> np.ndarray:
+def _kid_subsets(a: np.ndarray, b: np.ndarray, m: int, subsets: int, rng, paired: bool = False,
+                 grams: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Unbiased MMD^2 (cubic kernel) of `subsets` seeded random size-m subsets of a and b.
 
     Independent sets: (sum_{i!=j} k(x_i,x_j) + sum_{i!=j} k(y_i,y_j))/(m(m-1)) - 2 sum_{i,j} k(x_i,y_j)/m^2
@@ -89,16 +90,16 @@ def _kid_subsets(a: np.ndarray, b: np.ndarray, m: int, subsets: int, rng, paired
     pairs and leave the matched pairs out of the cross term, sum_{i!=j} k(x_i,y_j)/(m(m-1)): the
     U-statistic over i.i.d. pairs, unbiased for the MMD^2 of the two marginals. With the matched pairs
     in, their correlation biases the estimate below zero (-200 on the digits features).
-    Sets of at most GRAM_LIMIT rows: a subset's kernel sum is 1_I^T K 1_J on the whole sets' kernel
-    matrix K, so every subset costs one column of K @ S (S: the subsets' indicator vectors)."""
+    `grams` (k(a,a), k(b,b), k(a,b) of the whole sets): a subset's kernel sum is 1_I^T K 1_J, so every
+    subset costs one column of K @ S (S: the subsets' indicator vectors); without them, kernels per subset."""
     d = a.shape[1]
     draws = []
     for _ in range(subsets):
         ia = rng.choice(len(a), m, replace=False)
         draws.append((ia, ia if paired else rng.choice(len(b), m, replace=False)))
     pairs = m * (m - 1)
-    if max(len(a), len(b)) <= GRAM_LIMIT:
-        kaa, kbb, kab = _cubic_kernel(a, a, d), _cubic_kernel(b, b, d), _cubic_kernel(a, b, d)
+    if grams is not None:
+        kaa, kbb, kab = grams
         sa = _indicators(len(a), [ia for ia, _ in draws])
         sb = sa if paired else _indicators(len(b), [ib for _, ib in draws])
         off = (((kaa @ sa) * sa).sum(axis=0) - np.diag(kaa) @ sa + ((kbb @ sb) * sb).sum(axis=0) - np.diag(kbb) @ sb) / pairs
@@ -132,11 +133,15 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 1000
     n = min(len(a), len(b))
     m = min(subset_size, n)
     rng = np.random.default_rng(seed)
-    vals = _kid_subsets(a, b, m, subsets, rng, paired)
+    d = a.shape[1]
+    # once per call: the value's subsets and the spread's half-size ones both index into them
+    grams = (_cubic_kernel(a, a, d), _cubic_kernel(b, b, d), _cubic_kernel(a, b, d)) \
+        if max(len(a), len(b)) <= GRAM_LIMIT else None
+    vals = _kid_subsets(a, b, m, subsets, rng, paired, grams)
     if subsets < 2:
         return float(vals.mean()), float("nan")
     # subsets that take all of the smaller set barely vary, and their spread would understate the
     # error: measure the spread on half-size subsets instead and scale it the same way
     m_spread = m if m < n else max(2, m // 2)
-    spread_vals = vals if m_spread == m else _kid_subsets(a, b, m_spread, subsets, rng, paired)
+    spread_vals = vals if m_spread == m else _kid_subsets(a, b, m_spread, subsets, rng, paired, grams)
     return float(vals.mean()), float(spread_vals.std(ddof=1) * np.sqrt(m_spread / n))
